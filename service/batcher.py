@@ -1,0 +1,112 @@
+"""The append API: ``await batcher.add(chat_id, message)``.
+
+A message is acknowledged (the call returns) only once Redis has stored it;
+any Redis failure raises ``RedisUnavailable`` and nothing is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .errors import InvalidMessage, RedisUnavailable
+from .keys import Keyspace, seen_member
+from .models import AddResult, Message
+from .scripts import Call, Scripts
+from .settings import Settings
+
+log = logging.getLogger("service.batcher")
+
+MAX_CHAT_ID_BYTES = 4096
+
+
+def new_id() -> str:
+    return secrets.token_hex(12)
+
+
+class Batcher:
+    def __init__(self, redis: Redis, settings: Settings, scripts: Scripts | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keyspace(settings.key_prefix, settings.buckets)
+        self.scripts = scripts or Scripts(redis, self.keys, settings)
+
+    async def add(self, chat_id: str, message: Message | str) -> AddResult:
+        """Append one message to the chat's open batch (or detect a duplicate)."""
+        return (await self.add_many([(chat_id, message)]))[0]
+
+    async def add_many(self, items: Sequence[tuple[str, Message | str]]) -> list[AddResult]:
+        """Append several messages in one round trip.
+
+        Raises ``RedisUnavailable`` when any of them could not be stored: the
+        caller must not acknowledge the lot (they are idempotent by message
+        id, so a retry stores the missing ones and skips the others).
+        """
+        calls: list[Call] = []
+        msgs: list[tuple[str, Message]] = []
+        for chat_id, message in items:
+            msg = message if isinstance(message, Message) else Message(id="", text=message)
+            call, msg = self._append_call(chat_id, msg)
+            calls.append(call)
+            msgs.append((chat_id, msg))
+        try:
+            raws = await self.scripts.run_many(calls)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis did not take the messages: {exc}") from exc
+        results = []
+        for (chat_id, msg), raw in zip(msgs, raws, strict=True):
+            if isinstance(raw, Exception):
+                raise RedisUnavailable(f"Redis did not take the message: {raw}") from raw
+            r = Scripts.parse_append(raw)
+            result = AddResult(chat_id, msg.id, r.accepted, r.deadline_ms, r.count, r.now_ms)
+            results.append(result)
+            _log_added(result)
+        return results
+
+    def _append_call(self, chat_id: str, msg: Message) -> tuple[Call, Message]:
+        if not isinstance(chat_id, str) or not chat_id:
+            raise InvalidMessage("chat_id must be a non-empty string")
+        try:
+            ck = self.keys.chat(chat_id)
+        except UnicodeEncodeError as exc:
+            raise InvalidMessage("chat_id is not valid Unicode text") from exc
+        if len(ck.timer) - len(ck.bucket.timer_prefix) > MAX_CHAT_ID_BYTES:
+            raise InvalidMessage(f"chat_id is longer than {MAX_CHAT_ID_BYTES} bytes")
+        member = b""
+        if msg.id:
+            if self.settings.dedupe_window_ms > 0:
+                member = seen_member(chat_id, msg.id)
+        else:
+            msg = msg.model_copy(update={"id": new_id()})
+        try:
+            payload = msg.stored_json()
+        except (TypeError, ValueError) as exc:
+            raise InvalidMessage(f"message is not JSON-serialisable: {exc}") from exc
+        return self.scripts.append_call(ck, member, payload), msg
+
+
+def _log_added(r: AddResult) -> None:
+    if r.accepted:
+        log.info(
+            "appended chat=%s size=%d flush_in=%dms",
+            r.chat_id,
+            r.count,
+            r.flush_in_ms,
+            extra={
+                "event": "appended",
+                "chat_id": r.chat_id,
+                "size": r.count,
+                "flush_in_ms": r.flush_in_ms,
+            },
+        )
+    else:
+        log.info(
+            "duplicate chat=%s id=%s",
+            r.chat_id,
+            r.message_id,
+            extra={"event": "duplicate", "chat_id": r.chat_id, "message_id": r.message_id},
+        )

@@ -1,0 +1,266 @@
+"""Claim, deliver, acknowledge: one batch from "due" to "done".
+
+A worker claims a chat's closed batch (exactly one caller wins), calls the
+handler while renewing its lease, and then acks it, or nacks it so that the
+next attempt follows after a backoff, or the batch is dead-lettered after
+``max_attempts``. Messages that arrive meanwhile form the chat's next batch,
+claimed right after the ack: one batch in flight per chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from .batcher import new_id
+from .handlers import Handler
+from .keys import ChatKeys
+from .loops import sleep_or_stop
+from .models import Batch, order_messages
+from .scripts import Call, Claimed, Scripts, Skipped
+from .settings import Settings
+from .stats import Stats
+
+log = logging.getLogger("service.claims")
+T = TypeVar("T")
+
+
+class Delivery:
+    def __init__(
+        self,
+        scripts: Scripts,
+        settings: Settings,
+        handler: Handler,
+        stats: Stats,
+        stop: asyncio.Event,
+    ) -> None:
+        self.scripts = scripts
+        self.keys = scripts.keys
+        self.settings = settings
+        self.handler = handler
+        self.stats = stats
+        self.stop = stop
+
+    # --- entry points -------------------------------------------------------
+
+    async def process(self, chat_id: str, *, recovered: bool = False) -> None:
+        """Claim the chat's due batch, if any, and deliver it; then its next."""
+        ck = self.keys.chat(chat_id)
+        while True:
+            batch_id, token = new_id(), new_id()
+            call = self.scripts.claim_call(ck, batch_id, token, recovered=recovered)
+            got = Scripts.parse_claim(await self.scripts.run(call))
+            if isinstance(got, Skipped):
+                return
+            self.stats.claimed += 1
+            if recovered:
+                self.stats.recovered += 1
+            batch = _batch(batch_id, chat_id, got)
+            log.info(
+                "claimed chat=%s batch=%s size=%d reason=%s open_for=%dms",
+                chat_id,
+                batch_id,
+                len(batch.messages),
+                batch.reason,
+                got.closed_ms - got.opened_ms,
+                extra={
+                    "event": "claimed",
+                    "chat_id": chat_id,
+                    "batch_id": batch_id,
+                    "size": len(batch.messages),
+                    "reason": batch.reason,
+                    "open_ms": got.closed_ms - got.opened_ms,
+                },
+            )
+            if not await self.deliver(ck, batch, token):
+                return
+            recovered = False
+
+    async def redeliver(self, chat_id: str, batch_id: str) -> None:
+        """Take over a batch whose lease ran out, then deliver it."""
+        ck = self.keys.chat(chat_id)
+        token = new_id()
+        raw = await self.scripts.run(self.scripts.redeliver_call(ck, batch_id, token))
+        got = Scripts.parse_redeliver(raw)
+        if isinstance(got, Skipped):
+            return
+        self.stats.redelivered += 1
+        batch = _batch(batch_id, chat_id, got)
+        log.warning(
+            "redelivering chat=%s batch=%s attempt=%d (lease expired)",
+            chat_id,
+            batch_id,
+            batch.attempt,
+            extra={
+                "event": "redelivering",
+                "chat_id": chat_id,
+                "batch_id": batch_id,
+                "attempt": batch.attempt,
+            },
+        )
+        if await self.deliver(ck, batch, token):
+            await self.process(chat_id)
+
+    # --- one batch ----------------------------------------------------------
+
+    async def deliver(self, ck: ChatKeys, batch: Batch, token: str) -> bool:
+        """Run the handler until the batch is acked, dead or lost.
+
+        Returns True when the chat's next batch is due now.
+        """
+        s = self.settings
+        while True:
+            started = time.time()
+            lag_ms = (started - batch.deadline_at) * 1000
+            self.stats.record_lag(lag_ms)
+            heartbeat = asyncio.create_task(self._heartbeat(ck, batch, token))
+            error: str | None = None
+            try:
+                await self.handler(batch)
+            except asyncio.CancelledError:
+                await self._release(ck, batch, token)
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+            finally:
+                heartbeat.cancel()
+            took_ms = (time.time() - started) * 1000
+
+            if error is None:
+                raw = await self._call(self.scripts.ack_call(ck, batch.batch_id))
+                self.stats.delivered += 1
+                log.info(
+                    "delivered chat=%s batch=%s size=%d in %.0fms (lag %.0fms)",
+                    batch.chat_id,
+                    batch.batch_id,
+                    len(batch.messages),
+                    took_ms,
+                    lag_ms,
+                    extra={
+                        "event": "delivered",
+                        "chat_id": batch.chat_id,
+                        "batch_id": batch.batch_id,
+                        "size": len(batch.messages),
+                        "duration_ms": took_ms,
+                        "lag_ms": lag_ms,
+                    },
+                )
+                return bool(int(raw[1]))
+
+            self.stats.failures += 1
+            backoff_ms = self.backoff_ms(batch.attempt)
+            call = self.scripts.nack_call(ck, batch.batch_id, token, error, backoff_ms=backoff_ms)
+            res = Scripts.parse_nack(await self._call(call))
+            if res.lost:
+                log.warning("lease lost chat=%s batch=%s", batch.chat_id, batch.batch_id)
+                return False
+            if res.dead:
+                self.stats.dead += 1
+                log.error(
+                    "dead-lettered chat=%s batch=%s after %d attempts: %s",
+                    batch.chat_id,
+                    batch.batch_id,
+                    batch.attempt,
+                    error,
+                    extra={
+                        "event": "dead",
+                        "chat_id": batch.chat_id,
+                        "batch_id": batch.batch_id,
+                        "attempt": batch.attempt,
+                        "error": error,
+                    },
+                )
+                return res.next_due
+            log.warning(
+                "failed chat=%s batch=%s attempt %d of %d, next in %dms: %s",
+                batch.chat_id,
+                batch.batch_id,
+                batch.attempt,
+                s.max_attempts,
+                backoff_ms,
+                error,
+                extra={
+                    "event": "failed",
+                    "chat_id": batch.chat_id,
+                    "batch_id": batch.batch_id,
+                    "attempt": batch.attempt,
+                    "max_attempts": s.max_attempts,
+                    "retry_in_ms": backoff_ms,
+                    "error": error,
+                },
+            )
+            if await sleep_or_stop(self.stop, backoff_ms / 1000):
+                await self._release(ck, batch, token)
+                return False
+            lease = self.scripts.lease_call(
+                ck, batch.batch_id, token, lease_ms=s.lease_ms, next_attempt=True
+            )
+            attempt = int(await self._call(lease))
+            if attempt == 0:
+                return False
+            batch = batch.model_copy(update={"attempt": attempt})
+
+    def backoff_ms(self, attempt: int) -> int:
+        """Exponential backoff with jitter: half fixed, half random."""
+        s = self.settings
+        ceiling = min(s.retry_max_ms, s.retry_base_ms * 2 ** min(attempt - 1, 30))
+        return int(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+    async def _heartbeat(self, ck: ChatKeys, batch: Batch, token: str) -> None:
+        period = self.settings.lease_ms / 3 / 1000
+        call = self.scripts.lease_call(
+            ck, batch.batch_id, token, lease_ms=self.settings.lease_ms, next_attempt=False
+        )
+        while True:
+            await asyncio.sleep(period)
+            try:
+                if int(await self.scripts.run(call)) == 0:
+                    log.warning("lease lost chat=%s batch=%s", batch.chat_id, batch.batch_id)
+                    return
+            except (RedisError, OSError) as exc:
+                log.warning("lease renewal failed chat=%s: %s", batch.chat_id, exc)
+
+    async def _release(self, ck: ChatKeys, batch: Batch, token: str) -> None:
+        """Hand the batch back at shutdown: the next sweep redelivers it."""
+        call = self.scripts.lease_call(ck, batch.batch_id, token, lease_ms=0, next_attempt=False)
+        # If Redis is away the lease simply runs out.
+        with contextlib.suppress(RedisError, OSError, asyncio.CancelledError):
+            await asyncio.shield(self.scripts.run(call))
+
+    async def _call(self, call: Call) -> Any:
+        """Run a script that must happen (ack, nack): retry while Redis is away."""
+        return await retry_redis(lambda: self.scripts.run(call), self.stop)
+
+
+async def retry_redis(fn: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+    delay = 0.05
+    while True:
+        try:
+            return await fn()
+        except (RedisError, OSError) as exc:
+            if stop.is_set():
+                raise
+            log.warning("redis unavailable, retrying in %.2fs: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _batch(batch_id: str, chat_id: str, got: Claimed) -> Batch:
+    return Batch(
+        batch_id=batch_id,
+        chat_id=chat_id,
+        seq=got.seq,
+        attempt=got.attempt,
+        reason=got.reason,  # type: ignore[arg-type]
+        opened_at=got.opened_ms / 1000,
+        closed_at=got.closed_ms / 1000,
+        messages=order_messages(got.items),
+        deadline_at=got.deadline_ms / 1000,
+    )

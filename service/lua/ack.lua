@@ -1,0 +1,30 @@
+-- ack: a batch was delivered; forget it and release the chat.
+-- KEYS[1] = meta      P:{bN}:meta:<chat>
+-- KEYS[2] = inflight  P:{bN}:inflight
+-- KEYS[3] = proc      P:{bN}:proc:<batch_id>
+-- KEYS[4] = buf       P:{bN}:buf:<chat>
+-- KEYS[5] = timer     P:{bN}:timer:<chat>
+-- KEYS[6] = due       P:{bN}:due
+-- ARGV[1] = chat id
+-- ARGV[2] = batch id
+-- Returns {acked, next}: acked 0 = the batch was no longer in flight (already
+-- acked after a redelivery); next 1 = the chat's next batch is due now.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local chat = ARGV[1]
+local acked = 0
+if redis.call('HGET', KEYS[1], 'batch') == ARGV[2] then
+  redis.call('DEL', KEYS[3])
+  redis.call('ZREM', KEYS[2], chat)
+  redis.call('HDEL', KEYS[1], 'batch', 'token', 'attempt', 'bseq', 'bopened', 'bclosed',
+    'bdeadline', 'breason', 'error')
+  acked = 1
+end
+local nxt = 0
+if redis.call('HEXISTS', KEYS[1], 'batch') == 0 and redis.call('EXISTS', KEYS[4]) == 1
+    and redis.call('EXISTS', KEYS[5]) == 0 then
+  -- The next batch went idle while this one was in flight.
+  redis.call('ZADD', KEYS[6], now, chat)
+  nxt = 1
+end
+return {acked, nxt}

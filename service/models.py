@@ -1,0 +1,95 @@
+"""The data the service hands around: messages, batches, append results."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Reason = Literal["idle", "max_wait", "max_messages", "recovered"]
+
+
+class Message(BaseModel):
+    """One chat message. ``received_at`` is stamped by Redis when it is stored."""
+
+    id: str
+    type: str = "text"
+    text: str | None = None
+    sent_at: float | None = None
+    received_at: float | None = None
+    source: str = "api"
+    data: Any = Field(default_factory=dict)
+
+    def stored_json(self) -> bytes:
+        """The JSON kept in Redis (``received_at`` travels beside it)."""
+        doc: dict[str, Any] = {"id": self.id, "type": self.type, "source": self.source}
+        if self.text is not None:
+            doc["text"] = self.text
+        if self.sent_at is not None:
+            doc["sent_at"] = self.sent_at
+        if self.data:
+            doc["data"] = self.data
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: keep them, escaped
+            return json.dumps(doc, separators=(",", ":")).encode("ascii")
+
+
+def decode_item(raw: bytes) -> Message:
+    """Inverse of the append script's ``"<received_ms>\\t<json>"``."""
+    head, _, body = raw.partition(b"\t")
+    doc = json.loads(body)
+    doc["received_at"] = int(head) / 1000
+    return Message.model_validate(doc)
+
+
+def order_messages(items: list[bytes]) -> list[Message]:
+    """Messages by ``sent_at`` (when the sender gave one), then arrival."""
+    messages = [decode_item(raw) for raw in items]
+    keyed = sorted(
+        enumerate(messages),
+        key=lambda im: (
+            im[1].sent_at if im[1].sent_at is not None else im[1].received_at or 0.0,
+            im[0],
+        ),
+    )
+    return [m for _, m in keyed]
+
+
+class Batch(BaseModel):
+    """A closed batch, as delivered to a handler or forwarded over HTTP."""
+
+    batch_id: str
+    chat_id: str
+    seq: int
+    attempt: int
+    reason: Reason
+    opened_at: float
+    closed_at: float
+    messages: list[Message]
+    # When the batch became due (the idle or max-wait deadline): flush lag is
+    # measured from here. Not part of the JSON contract.
+    deadline_at: float = Field(default=0.0, exclude=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """What ``Batcher.add`` did with one message."""
+
+    chat_id: str
+    message_id: str
+    accepted: bool
+    deadline_ms: int  # when the chat's batch closes if nothing else arrives
+    count: int  # messages in the open batch
+    now_ms: int  # Redis time of the append
+
+    @property
+    def duplicate(self) -> bool:
+        return not self.accepted
+
+    @property
+    def flush_in_ms(self) -> int:
+        return max(self.deadline_ms - self.now_ms, 0)

@@ -1,0 +1,302 @@
+"""Lua scripts (``service/lua/*.lua``) and one typed wrapper each.
+
+Every state change of the service is one of these scripts: each runs
+atomically, takes every key it touches in KEYS (all in one bucket, so one
+hash slot) and reads the clock with ``TIME`` so that all replicas share one
+clock. Scripts run with EVALSHA; when the server has lost its script cache
+(restart, failover, SCRIPT FLUSH) the script is loaded again and only the
+calls that did not run are repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from .keys import BucketKeys, ChatKeys, Keyspace
+from .settings import Settings
+
+Arg = bytes | str | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        source = resources.files("service").joinpath(f"lua/{name}.lua").read_text("utf-8")
+        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+APPEND = Script.load("append")
+CLAIM = Script.load("claim")
+ACK = Script.load("ack")
+NACK = Script.load("nack")
+LEASE = Script.load("lease")
+REDELIVER = Script.load("redeliver")
+NUDGE = Script.load("nudge")
+SCAN = Script.load("scan")
+
+Call = tuple[Script, Sequence[bytes], Sequence[Arg]]
+
+
+async def run_script(
+    redis: Redis, script: Script, keys: Sequence[bytes], args: Sequence[Arg]
+) -> Any:
+    try:
+        return await redis.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await redis.script_load(script.source)
+        return await redis.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def run_scripts(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run many script calls in one round trip (not atomic as a whole).
+
+    Errors come back in place as exception objects. Calls refused with
+    NOSCRIPT did not run: their scripts are loaded and just those calls sent
+    again.
+    """
+    if not calls:
+        return []
+    results = await _pipeline(redis, calls)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        for script in {calls[i][0] for i in missing}:
+            await redis.script_load(script.source)
+        again = await _pipeline(redis, [calls[i] for i in missing])
+        for i, r in zip(missing, again, strict=True):
+            results[i] = r
+    return results
+
+
+async def _pipeline(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+    pipe = redis.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return list(await pipe.execute(raise_on_error=False))
+
+
+# --- typed results ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    accepted: bool
+    deadline_ms: int
+    count: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    seq: int
+    opened_ms: int
+    closed_ms: int
+    deadline_ms: int
+    reason: str
+    attempt: int
+    items: list[bytes]
+
+
+class ClaimOutcome:
+    """Codes of the claim script other than a claimed batch."""
+
+    TIMER_RUNNING = 2
+    NOT_DUE = 3
+    BUSY = 4
+    EMPTY = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nacked:
+    lost: bool = False
+    retry_at_ms: int | None = None
+    dead: bool = False
+    next_due: bool = False
+
+
+# --- calls (keys and arguments in one place) -------------------------------
+
+
+class Scripts:
+    """The service's scripts bound to one client, keyspace and settings.
+
+    ``*_call`` builds a call (for one round trip with ``run_many``),
+    ``parse_*`` turns a script's reply into a typed value.
+    """
+
+    def __init__(self, redis: Redis, keyspace: Keyspace, settings: Settings) -> None:
+        self.redis = redis
+        self.keys = keyspace
+        self.settings = settings
+
+    async def run(self, call: Call) -> Any:
+        return await run_script(self.redis, *call)
+
+    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
+        return await run_scripts(self.redis, calls)
+
+    def append_call(
+        self,
+        ck: ChatKeys,
+        dedupe_member: bytes,
+        payload: bytes,
+    ) -> Call:
+        b, s = ck.bucket, self.settings
+        return (
+            APPEND,
+            (ck.buf, ck.timer, ck.meta, b.due, b.seen),
+            (
+                ck.chat_id,
+                dedupe_member,
+                payload,
+                s.idle_ms,
+                s.max_wait_ms,
+                s.max_messages,
+                s.dedupe_window_ms,
+            ),
+        )
+
+    @staticmethod
+    def parse_append(raw: Any) -> Appended:
+        return Appended(bool(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]))
+
+    def claim_call(
+        self,
+        ck: ChatKeys,
+        batch_id: str,
+        token: str,
+        *,
+        recovered: bool,
+    ) -> Call:
+        b, s = ck.bucket, self.settings
+        return (
+            CLAIM,
+            (ck.buf, ck.timer, ck.meta, b.due, b.inflight, self.keys.proc(b.bucket, batch_id)),
+            (
+                ck.chat_id,
+                batch_id,
+                s.lease_ms,
+                s.max_messages,
+                s.idle_ms,
+                s.max_wait_ms,
+                token,
+                "1" if recovered else "0",
+            ),
+        )
+
+    @staticmethod
+    def parse_claim(raw: Any) -> Claimed | Skipped:
+        if int(raw[0]) != 1:
+            return Skipped(int(raw[0]))
+        return Claimed(
+            seq=int(raw[1]),
+            opened_ms=int(raw[2]),
+            closed_ms=int(raw[3]),
+            deadline_ms=int(raw[4]),
+            reason=_text(raw[5]),
+            attempt=1,
+            items=list(raw[6]),
+        )
+
+    def ack_call(self, ck: ChatKeys, batch_id: str) -> Call:
+        b = ck.bucket
+        return (
+            ACK,
+            (ck.meta, b.inflight, self.keys.proc(b.bucket, batch_id), ck.buf, ck.timer, b.due),
+            (ck.chat_id, batch_id),
+        )
+
+    def nack_call(
+        self,
+        ck: ChatKeys,
+        batch_id: str,
+        token: str,
+        error: str,
+        *,
+        backoff_ms: int,
+    ) -> Call:
+        b, s = ck.bucket, self.settings
+        n = b.bucket
+        return (
+            NACK,
+            (
+                ck.meta,
+                b.inflight,
+                self.keys.proc(n, batch_id),
+                ck.buf,
+                ck.timer,
+                b.due,
+                b.dead,
+                self.keys.dead_batch(n, batch_id),
+                self.keys.dead_info(n, batch_id),
+            ),
+            (ck.chat_id, batch_id, token, error, s.max_attempts, backoff_ms, s.lease_ms),
+        )
+
+    @staticmethod
+    def parse_nack(raw: Any) -> Nacked:
+        code = int(raw[0])
+        if code == 0:
+            return Nacked(lost=True)
+        if code == 1:
+            return Nacked(retry_at_ms=int(raw[1]))
+        return Nacked(dead=True, next_due=bool(int(raw[1])))
+
+    def lease_call(
+        self, ck: ChatKeys, batch_id: str, token: str, *, lease_ms: int, next_attempt: bool
+    ) -> Call:
+        return (
+            LEASE,
+            (ck.meta, ck.bucket.inflight),
+            (ck.chat_id, batch_id, token, lease_ms, "1" if next_attempt else "0"),
+        )
+
+    def redeliver_call(self, ck: ChatKeys, batch_id: str, token: str) -> Call:
+        b = ck.bucket
+        return (
+            REDELIVER,
+            (ck.meta, b.inflight, self.keys.proc(b.bucket, batch_id)),
+            (ck.chat_id, batch_id, token, self.settings.lease_ms),
+        )
+
+    @staticmethod
+    def parse_redeliver(raw: Any) -> Claimed | Skipped:
+        if int(raw[0]) != 1:
+            return Skipped(int(raw[0]))
+        return Claimed(
+            seq=int(raw[1]),
+            opened_ms=int(raw[2]),
+            closed_ms=int(raw[3]),
+            deadline_ms=int(raw[4]),
+            reason=_text(raw[5]),
+            attempt=int(raw[6]),
+            items=list(raw[7]),
+        )
+
+    def nudge_call(self, bk: BucketKeys, *, limit: int) -> Call:
+        # Deadlines older than the sweeper's grace are the sweeper's business.
+        window_ms = max(self.settings.sweep_grace_ms, 1)
+        return (NUDGE, (bk.due,), (bk.timer_prefix, window_ms, limit))
+
+    def scan_call(self, bk: BucketKeys, *, limit: int) -> Call:
+        return (SCAN, (bk.due, bk.inflight), (self.settings.sweep_grace_ms, limit))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

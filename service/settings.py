@@ -1,0 +1,134 @@
+"""Configuration: one pydantic-settings class, environment prefix ``BATCHER_``.
+
+Names carry their unit (``_ms``, ``_s``). Secrets are ``SecretStr`` so that
+they never show up in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BATCHER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Redis -----------------------------------------------------------
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="redis:// or rediss:// URL; unset starts an embedded server.",
+    )
+    key_prefix: str = Field(default="batcher", min_length=1, max_length=64)
+    buckets: int = Field(
+        default=16,
+        ge=1,
+        le=16384,
+        description="Hash-tag buckets; every key of one chat lives in one bucket (one slot).",
+    )
+    allow_eviction: bool = Field(
+        default=False,
+        description="Start even though maxmemory-policy can evict batches (unsafe).",
+    )
+    configure_redis: bool = Field(
+        default=True,
+        description="Turn on keyspace notifications with CONFIG SET when they are off.",
+    )
+
+    # --- Batching --------------------------------------------------------
+    idle_ms: int = Field(default=10_000, gt=0, description="Close a batch after this much silence.")
+    max_wait_ms: int = Field(
+        default=60_000, gt=0, description="Close a batch this long after it opened."
+    )
+    max_messages: int = Field(default=50, ge=1, le=100_000)
+    dedupe_window_ms: int = Field(
+        default=24 * 3600 * 1000,
+        ge=0,
+        description="A message id seen within this window is a duplicate (0 disables).",
+    )
+
+    # --- Delivery --------------------------------------------------------
+    handler: str | None = Field(default=None, description="module:function called with each batch.")
+    forward_url: str | None = None
+    forward_secret: SecretStr | None = None
+    lease_ms: int = Field(
+        default=60_000, gt=0, description="A claimed batch is redelivered after this."
+    )
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_ms: int = Field(default=1_000, gt=0)
+    retry_max_ms: int = Field(default=60_000, gt=0)
+    concurrency: int = Field(default=32, ge=1, le=10_000, description="Batches delivered at once.")
+
+    # --- Background loops ------------------------------------------------
+    nudge_interval_ms: int = Field(default=10, ge=1, le=60_000)
+    sweep_interval_ms: int = Field(default=1_000, ge=10)
+    sweep_grace_ms: int = Field(
+        default=1_000,
+        ge=0,
+        description="A chat overdue by more than this with no claim is recovered by the sweeper.",
+    )
+    listener_ping_ms: int = Field(default=1_000, ge=10)
+    listener_dead_ms: int = Field(
+        default=5_000,
+        ge=20,
+        description="No reply on the pub/sub connection for this long means it is dead.",
+    )
+
+    # --- HTTP / webhooks -------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    whatsapp_app_secret: SecretStr | None = None
+    whatsapp_verify_token: SecretStr | None = None
+
+    # --- Console / embedded server ---------------------------------------
+    log_format: Literal["rich", "json"] = "rich"
+    log_level: str = "INFO"
+    data_dir: str = Field(default=".batcher", description="Embedded server's data directory.")
+    redis_server: str | None = Field(default=None, description="Binary for the embedded server.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.idle_ms >= self.max_wait_ms:
+            raise ValueError(
+                f"BATCHER_IDLE_MS ({self.idle_ms}) must be smaller than "
+                f"BATCHER_MAX_WAIT_MS ({self.max_wait_ms})"
+            )
+        if any(c in self.key_prefix for c in "{}"):
+            raise ValueError(
+                "BATCHER_KEY_PREFIX must not contain '{' or '}' (they select hash slots)"
+            )
+        if self.retry_base_ms > self.retry_max_ms:
+            raise ValueError("BATCHER_RETRY_BASE_MS must not exceed BATCHER_RETRY_MAX_MS")
+        if self.listener_dead_ms <= self.listener_ping_ms:
+            raise ValueError("BATCHER_LISTENER_DEAD_MS must exceed BATCHER_LISTENER_PING_MS")
+        if self.redis_url is not None:
+            scheme = urlsplit(self.redis_url.get_secret_value()).scheme
+            if scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("BATCHER_REDIS_URL must start with redis://, rediss:// or unix://")
+        return self
+
+    @property
+    def redis_url_display(self) -> str:
+        """The Redis URL with any password masked, for logs."""
+        if self.redis_url is None:
+            return "(embedded)"
+        return mask_url(self.redis_url.get_secret_value())
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
