@@ -1,0 +1,94 @@
+"""Shared test helpers: fast settings, a recording handler, engines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from service.engine import Engine
+from service.models import Batch
+from service.settings import Settings
+
+FAST: dict[str, Any] = {
+    "idle_ms": 150,
+    "max_wait_ms": 3_000,
+    "nudge_interval_ms": 5,
+    "sweep_interval_ms": 200,
+    "sweep_grace_ms": 300,
+    "listener_ping_ms": 100,
+    "listener_dead_ms": 1_000,
+    "retry_base_ms": 20,
+    "retry_max_ms": 100,
+    "lease_ms": 3_000,
+}
+
+
+def fast_settings(redis_url: str, **overrides: Any) -> Settings:
+    return Settings(redis_url=redis_url, **{**FAST, **overrides})
+
+
+class Collector:
+    """A handler that records every batch it is given and can be awaited."""
+
+    def __init__(self, fail: Callable[[Batch], bool] | None = None) -> None:
+        self.batches: list[Batch] = []
+        self.calls: list[Batch] = []  # every call, failed ones too
+        self.fail = fail
+        self._changed = asyncio.Condition()
+
+    async def __call__(self, batch: Batch) -> None:
+        async with self._changed:
+            self.calls.append(batch)
+            self._changed.notify_all()
+        if self.fail is not None and self.fail(batch):
+            raise RuntimeError(f"handler refused batch {batch.batch_id}")
+        async with self._changed:
+            self.batches.append(batch)
+            self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout_s)
+
+    async def wait_messages(self, n: int, timeout_s: float = 10.0) -> None:
+        await self.wait_for(lambda: self.message_count() >= n, timeout_s)
+
+    def message_count(self) -> int:
+        return sum(len(b.messages) for b in self.batches)
+
+    def by_chat(self) -> dict[str, list[Batch]]:
+        out: dict[str, list[Batch]] = {}
+        for b in self.batches:
+            out.setdefault(b.chat_id, []).append(b)
+        return out
+
+    def texts(self, chat_id: str) -> list[str | None]:
+        return [m.text for b in self.by_chat().get(chat_id, []) for m in b.messages]
+
+
+@contextlib.asynccontextmanager
+async def running_engine(
+    redis_url: str, handler: Any, **overrides: Any
+) -> AsyncIterator[Engine]:
+    client = Redis.from_url(redis_url)
+    engine = Engine(client, fast_settings(redis_url, **overrides), handler, shutdown_timeout_s=2)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+        await client.aclose()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll a condition that no event announces (e.g. a server-side state)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.01)
