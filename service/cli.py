@@ -8,23 +8,21 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
 from .checks import run_checks
 from .console import setup_logging
+from .embedded import EmbeddedRedisError
 from .errors import BatcherError
 from .handlers import ConsoleHandler, Handler, load_handler
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .embedded import RedisServer
 
 log = logging.getLogger("service.cli")
 
@@ -41,19 +39,26 @@ def load_settings() -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def redis_for(settings: Settings, *, embedded: bool) -> AsyncIterator[Redis]:
-    """A client for BATCHER_REDIS_URL, or for an embedded server started here."""
+async def redis_client(url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@contextlib.contextmanager
+def redis_url_for(settings: Settings) -> Iterator[str]:
+    """BATCHER_REDIS_URL, or the URL of an embedded server started (and
+    stopped) here, on the main thread so that it dies with this process."""
     if settings.redis_url is not None:
-        client = Redis.from_url(settings.redis_url.get_secret_value())
-        try:
-            yield client
-        finally:
-            await client.aclose()
+        yield settings.redis_url.get_secret_value()
         return
-    if not embedded:
-        raise SystemExit("BATCHER_REDIS_URL is not set")
-    server = await asyncio.to_thread(start_embedded, settings)
-    binary = server.binary
+    from .embedded import RedisServer, find_server_binary
+
+    binary = find_server_binary(settings.redis_server)
+    server = RedisServer(binary, data_dir=Path(settings.data_dir).absolute() / "redis")
+    server.start()
     log.info(
         "embedded Redis-compatible server %s at %s (data in %s)",
         binary.name,
@@ -61,24 +66,13 @@ async def redis_for(settings: Settings, *, embedded: bool) -> AsyncIterator[Redi
         server.data_dir,
         extra={"event": "embedded", "url": server.url},
     )
-    client = Redis.from_url(server.url)
     try:
-        yield client
+        yield server.url
     finally:
-        await client.aclose()
-        await asyncio.to_thread(server.stop)
+        server.stop()
 
 
-def start_embedded(settings: Settings) -> RedisServer:
-    from .embedded import RedisServer, find_server_binary
-
-    binary = find_server_binary(settings.redis_server)
-    server = RedisServer(binary, data_dir=Path(settings.data_dir).absolute() / "redis")
-    server.start()
-    return server
-
-
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, url: str) -> None:
     from .engine import Engine
 
     handler: Handler = load_handler(settings.handler) if settings.handler else ConsoleHandler()
@@ -86,7 +80,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with redis_for(settings, embedded=True) as redis, Engine(redis, settings, handler):
+    async with redis_client(url) as redis, Engine(redis, settings, handler):
         log.info(
             "batcher running: idle %dms, max wait %dms, max %d messages, redis %s",
             settings.idle_ms,
@@ -100,8 +94,14 @@ async def serve(settings: Settings) -> None:
 
 
 async def check(settings: Settings, console: Console) -> int:
-    async with redis_for(settings, embedded=False) as redis:
-        checks = await run_checks(redis, settings, fix=False)
+    if settings.redis_url is None:
+        raise SystemExit("batcher check: set BATCHER_REDIS_URL to the server to check")
+    async with redis_client(settings.redis_url.get_secret_value()) as redis:
+        try:
+            checks = await run_checks(redis, settings, fix=False)
+        except (RedisError, OSError) as exc:
+            console.print(f"[bold red]FAIL[/] cannot reach {settings.redis_url_display}: {exc}")
+            return 2
     table = Table(title=f"Redis at {settings.redis_url_display}")
     for col in ("check", "status", "detail", "redis.conf fix"):
         table.add_column(col)
@@ -139,10 +139,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(settings.log_format, settings.log_level)
     try:
         if args.command == "serve":
-            asyncio.run(serve(settings))
+            with redis_url_for(settings) as url:
+                asyncio.run(serve(settings, url))
         elif args.command == "check":
             sys.exit(asyncio.run(check(settings, Console())))
-    except BatcherError as exc:
+    except (BatcherError, EmbeddedRedisError) as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
     except KeyboardInterrupt:

@@ -72,9 +72,7 @@ class Collector:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(
-    redis_url: str, handler: Any, **overrides: Any
-) -> AsyncIterator[Engine]:
+async def running_engine(redis_url: str, handler: Any, **overrides: Any) -> AsyncIterator[Engine]:
     client = Redis.from_url(redis_url)
     engine = Engine(client, fast_settings(redis_url, **overrides), handler, shutdown_timeout_s=2)
     await engine.start()

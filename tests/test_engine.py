@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
@@ -23,10 +24,14 @@ def assert_exactly_once_in_order(collector: Collector, sent: dict[str, list[str]
     assert sum(len(t) for t in sent.values()) == collector.message_count()
 
 
-async def send_burst(engine_add: object, chat_id: str, texts: list[str], gaps_ms: list[int]) -> None:
-    add = engine_add  # type: ignore[assignment]
+async def send_burst(
+    add: Callable[[str, Message], Awaitable[object]],
+    chat_id: str,
+    texts: list[str],
+    gaps_ms: list[int],
+) -> None:
     for text, gap in zip(texts, gaps_ms, strict=True):
-        await add(chat_id, Message(id=f"{chat_id}/{text}", text=text))  # type: ignore[operator]
+        await add(chat_id, Message(id=f"{chat_id}/{text}", text=text))
         await asyncio.sleep(gap / 1000)
 
 

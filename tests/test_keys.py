@@ -46,8 +46,18 @@ def test_every_key_of_a_chat_shares_its_bucket_slot(chat_id: str) -> None:
     ks = Keyspace("batcher", 64)
     ck = ks.chat(chat_id)
     b = ck.bucket
-    keys = [ck.buf, ck.timer, ck.meta, b.due, b.inflight, b.seen, b.dead,
-            ks.proc(b.bucket, "abc"), ks.dead_batch(b.bucket, "abc"), ks.dead_info(b.bucket, "abc")]
+    keys = [
+        ck.buf,
+        ck.timer,
+        ck.meta,
+        b.due,
+        b.inflight,
+        b.seen,
+        b.dead,
+        ks.proc(b.bucket, "abc"),
+        ks.dead_batch(b.bucket, "abc"),
+        ks.dead_info(b.bucket, "abc"),
+    ]
     assert len({key_slot(k) for k in keys}) == 1
     assert b.bucket == zlib.crc32(chat_id.encode()) % 64
 

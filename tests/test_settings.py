@@ -23,7 +23,7 @@ def test_environment_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_idle_must_be_below_max_wait() -> None:
-    with pytest.raises(ValidationError, match="BATCHER_IDLE_MS .* must be smaller than"):
+    with pytest.raises(ValidationError, match=r"BATCHER_IDLE_MS .* must be smaller than"):
         Settings(idle_ms=5000, max_wait_ms=5000)
 
 
