@@ -59,10 +59,10 @@ class Delivery:
             got = Scripts.parse_claim(await self.scripts.run(call))
             if isinstance(got, Skipped):
                 return
-            self.stats.claimed += 1
             if recovered:
                 self.stats.recovered += 1
             batch = _batch(batch_id, chat_id, got)
+            self.stats.record_claim(batch.reason, len(batch.messages))
             log.info(
                 "claimed chat=%s batch=%s size=%d reason=%s open_for=%dms",
                 chat_id,
@@ -132,6 +132,7 @@ class Delivery:
             finally:
                 heartbeat.cancel()
             took_ms = (time.time() - started) * 1000
+            self.stats.handler_seconds.observe(took_ms / 1000)
 
             if error is None:
                 raw = await self._call(self.scripts.ack_call(ck, batch.batch_id))

@@ -11,7 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
@@ -21,7 +21,6 @@ from .checks import run_checks
 from .console import setup_logging
 from .embedded import EmbeddedRedisError
 from .errors import BatcherError
-from .handlers import ConsoleHandler, Handler, load_handler
 from .settings import Settings
 
 log = logging.getLogger("service.cli")
@@ -72,25 +71,38 @@ def redis_url_for(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
-async def serve(settings: Settings, url: str) -> None:
-    from .engine import Engine
+def serve(settings: Settings, url: str) -> None:
+    """The HTTP app under uvicorn (uvloop and httptools when installed)."""
+    import uvicorn
 
-    handler: Handler = load_handler(settings.handler) if settings.handler else ConsoleHandler()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with redis_client(url) as redis, Engine(redis, settings, handler):
-        log.info(
-            "batcher running: idle %dms, max wait %dms, max %d messages, redis %s",
-            settings.idle_ms,
-            settings.max_wait_ms,
-            settings.max_messages,
-            settings.redis_url_display,
-            extra={"event": "started"},
-        )
-        await stop.wait()
-        log.info("stopping", extra={"event": "stopping"})
+    from .app import create_app
+
+    settings = settings.model_copy(update={"redis_url": SecretStr(url)})
+    app = create_app(settings)
+    log.info(
+        "batcher on http://%s:%d  idle %dms, max wait %dms, max %d messages, redis %s",
+        settings.host,
+        settings.port,
+        settings.idle_ms,
+        settings.max_wait_ms,
+        settings.max_messages,
+        settings.redis_url_display,
+        extra={"event": "started"},
+    )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again
+    # with the handler it found: make that one a no-op, so that we return and
+    # stop the embedded server cleanly (exit status 0).
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="auto",
+        http="auto",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=15,
+    )
 
 
 async def check(settings: Settings, console: Console) -> int:
@@ -134,13 +146,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         "check",
         help="check the Redis at BATCHER_REDIS_URL; exit 0 OK, 1 warnings, 2 failures",
     )
+    bench = sub.add_parser("bench", help="measure the service against baselines, same run")
+    scenarios = bench.add_subparsers(dest="scenario", required=True)
+    lag = scenarios.add_parser(
+        "lag", help="flush lag for N open batches: the service vs expiry events alone"
+    )
+    lag.add_argument("--n", type=int, action="append", help="open batches (repeatable)")
+    lag.add_argument("--window-s", type=float, default=10.0, help="deadlines spread over this")
+    lag.add_argument(
+        "--idle-ms", type=int, help="default: the window + 2 s, so all N are open at once"
+    )
+    idle = scenarios.add_parser("idle", help="Redis CPU of an idle engine")
+    idle.add_argument("--open", type=int, default=100_000, help="open batches while idle")
+    idle.add_argument("--seconds", type=float, default=10.0)
+    for p in (lag, idle):
+        p.add_argument("--redis-url", help="use this server (default: start one)")
+        p.add_argument("--json", dest="json_path", help="write the figures here")
     args = parser.parse_args(argv)
     settings = load_settings()
-    setup_logging(settings.log_format, settings.log_level)
+    level = "WARNING" if args.command == "bench" else settings.log_level
+    setup_logging(settings.log_format, level)
     try:
         if args.command == "serve":
             with redis_url_for(settings) as url:
-                asyncio.run(serve(settings, url))
+                serve(settings, url)
+        elif args.command == "bench":
+            from . import bench as benchmarks
+
+            if args.scenario == "lag":
+                ns = args.n or [1_000, 10_000]
+                idle_ms = args.idle_ms or int(args.window_s * 1000) + 2000
+                benchmarks.lag_main(ns, args.window_s, idle_ms, args.redis_url, args.json_path)
+            else:
+                benchmarks.idle_main(args.open, args.seconds, args.redis_url, args.json_path)
         elif args.command == "check":
             sys.exit(asyncio.run(check(settings, Console())))
     except (BatcherError, EmbeddedRedisError) as exc:

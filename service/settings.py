@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=32, ge=1, le=10_000, description="Batches delivered at once.")
 
     # --- Background loops ------------------------------------------------
-    nudge_interval_ms: int = Field(default=10, ge=1, le=60_000)
+    nudge_interval_ms: int = Field(default=10, ge=1, le=3_600_000)
     sweep_interval_ms: int = Field(default=1_000, ge=10)
     sweep_grace_ms: int = Field(
         default=1_000,

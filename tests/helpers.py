@@ -90,3 +90,19 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> 
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def app_client(
+    redis_url: str, handler: Any, **overrides: Any
+) -> AsyncIterator[tuple[Any, Engine]]:
+    """The real Starlette app, lifespan included, behind an httpx client."""
+    import httpx
+
+    from service.app import create_app
+
+    app = create_app(fast_settings(redis_url, **overrides), handler=handler)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://batcher") as client:
+            yield client, app.state.batcher.engine

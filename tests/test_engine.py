@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from service.models import Batch, Message
 
-from .helpers import Collector, running_engine
+from .helpers import Collector, running_engine, wait_until
 from .test_keys import HOSTILE
 
 
@@ -203,7 +203,7 @@ async def test_dead_letter_after_max_attempts(redis_url: str, redis_client: Redi
     async with running_engine(redis_url, collector, max_attempts=3) as engine:
         await engine.add("c", "poison")
         await collector.wait_for(lambda: len(collector.calls) == 3)
-        await collector.wait_for(lambda: engine.stats.dead == 1)
+        await wait_until(lambda: engine.stats.dead == 1)
         # the chat is not stuck behind its dead batch
         await engine.add("c", "healthy")
         await collector.wait_messages(1)

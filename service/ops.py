@@ -1,0 +1,73 @@
+"""Operations endpoints: ``/healthz``, ``/readyz``, ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .appstate import AppState, app_state
+from .checks import check_notifications
+
+READY_TIMEOUT_S = 2.0
+
+
+async def healthz(request: Request) -> Response:
+    """The process is alive (no dependency is consulted)."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready to take webhooks: Redis reachable, notifications on, listener live."""
+    state = app_state(request)
+    engine = state.engine
+    reasons: list[str] = []
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await engine.redis.ping()
+            check = await check_notifications(engine.redis, enable=False)
+            if check.status == "fail":
+                reasons.append(f"notifications: {check.detail}")
+    except (RedisError, OSError, TimeoutError) as exc:
+        reasons.append(f"redis unreachable: {type(exc).__name__} {exc}".strip())
+    if engine.listener is None or not engine.listener.subscribed:
+        reasons.append("listener not subscribed")
+    elif not engine.healthy():
+        reasons.append("listener silent beyond its liveness bound")
+    if engine.stopping.is_set():
+        reasons.append("shutting down")
+    if reasons:
+        return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
+    return JSONResponse({"ready": True})
+
+
+class Gauges:
+    def __init__(self, state: AppState) -> None:
+        r = state.stats.registry
+        self.open = Gauge(
+            "batcher_open_batches", "Open batches (chats waiting to flush)", registry=r
+        )
+        self.inflight = Gauge("batcher_inflight_batches", "Batches being delivered", registry=r)
+        self.dead = Gauge("batcher_dead_batches", "Batches in the dead-letter store", registry=r)
+
+
+async def metrics(request: Request) -> Response:
+    state = app_state(request)
+    gauges: Gauges = request.app.state.gauges
+    engine = state.engine
+    try:
+        pipe = engine.redis.pipeline(transaction=False)
+        for bk in engine.keys.all_buckets():
+            pipe.zcard(bk.due)
+            pipe.zcard(bk.inflight)
+            pipe.zcard(bk.dead)
+        counts = await pipe.execute()
+        gauges.open.set(sum(counts[0::3]))
+        gauges.inflight.set(sum(counts[1::3]))
+        gauges.dead.set(sum(counts[2::3]))
+    except (RedisError, OSError):
+        pass  # the gauges keep their last values; /readyz reports Redis
+    return Response(generate_latest(state.stats.registry), media_type=CONTENT_TYPE_LATEST)

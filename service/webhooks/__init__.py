@@ -1,0 +1,1 @@
+"""Inbound webhook adapters (payload parsing and signature checks)."""

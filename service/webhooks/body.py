@@ -1,0 +1,51 @@
+"""Reading request bodies with a size limit, and the shared error replies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+RETRY_AFTER_S = "5"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """JSON or ValueError (bad UTF-8, bad JSON, absurd nesting)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"body is not valid JSON: {str(exc)[:200]}") from None
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def too_large() -> JSONResponse:
+    return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+
+
+def unavailable(detail: str) -> JSONResponse:
+    return error(503, "storage unavailable, retry later", detail=detail)
