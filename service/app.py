@@ -9,12 +9,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from . import ops
 from .appstate import AppState
+from .connections import create_redis
 from .engine import Engine
 from .forward import HttpForwarder
 from .handlers import ConsoleHandler, Handler, load_handler
@@ -46,7 +46,7 @@ def create_app(settings: Settings, *, handler: Handler | None = None) -> Starlet
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.redis_url is not None
-        redis = Redis.from_url(settings.redis_url.get_secret_value())
+        redis = create_redis(settings.redis_url.get_secret_value())
         forwarder = None
         chosen = handler
         if chosen is None:

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from .connections import create_redis
 from .embedded import RedisServer
 from .engine import Engine
 from .models import Batch, Message
@@ -62,7 +62,7 @@ def bench_server(redis_url: str | None) -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def engine_on(url: str, settings: Settings, handler: Any) -> AsyncIterator[Engine]:
-    client = Redis.from_url(url)
+    client = create_redis(url)
     await client.flushdb()
     engine = Engine(client, settings, handler, shutdown_timeout_s=1)
     await engine.start()
@@ -168,7 +168,7 @@ async def run_idle(
     """Redis CPU (percent of one core) of an engine with nothing due."""
     out: dict[str, float] = {}
     with bench_server(redis_url) as url:
-        client = Redis.from_url(url)
+        client = create_redis(url)
 
         async def cpu() -> float:
             info = await client.info("cpu")

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checks import run_checks
+from .connections import create_redis
 from .console import setup_logging
 from .embedded import EmbeddedRedisError
 from .errors import BatcherError
@@ -39,7 +40,7 @@ def load_settings() -> Settings:
 
 @contextlib.asynccontextmanager
 async def redis_client(url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(url)
+    client = create_redis(url)
     try:
         yield client
     finally:

@@ -165,6 +165,10 @@ class Engine:
                     extra={"event": "check", "check": check.name},
                 )
         self.sweeper.wake.set()
+        # Events lost just before the resubscribe belong to chats not yet
+        # overdue by the grace period: sweep once more when they are.
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.settings.sweep_grace_ms / 1000 + 0.05, self.sweeper.wake.set)
 
     async def _worker(self) -> None:
         while True:

@@ -31,6 +31,9 @@ from .stats import Stats
 
 log = logging.getLogger("service.listener")
 
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 2.0
+
 
 class ListenerDead(Exception):
     pass
@@ -75,18 +78,20 @@ class Listener:
         self.last_frame = 0.0  # monotonic time of the last frame received
         self._tasks: set[asyncio.Task[None]] = set()
         self._pubsub: PubSub | None = None
+        self._backoff = BACKOFF_MIN_S
 
     async def run(self) -> None:
         """Supervise: subscribe, read until the connection fails, reconnect."""
-        backoff = 0.05
-        first = True
+        self._backoff = BACKOFF_MIN_S
         while not self.stop.is_set():
             pubsub = self.redis.pubsub()
             self._pubsub = pubsub
             try:
-                await pubsub.subscribe(self.channel)
+                # Connecting has no liveness check of its own: bound it.
+                async with asyncio.timeout(self.dead_s):
+                    await pubsub.subscribe(self.channel)
                 await self._read(pubsub)
-            except (RedisError, OSError, ListenerDead) as exc:
+            except (RedisError, OSError, ListenerDead, TimeoutError) as exc:
                 if not self.stop.is_set():
                     log.warning(
                         "listener lost its connection (%s: %s); reconnecting",
@@ -100,11 +105,9 @@ class Listener:
                 await _close(pubsub)
             if self.stop.is_set():
                 break
-            if not first:
-                self.stats.reconnects += 1
-            first = False
-            await sleep_or_stop(self.stop, backoff)
-            backoff = min(backoff * 2, 2.0)
+            self.stats.reconnects += 1
+            await sleep_or_stop(self.stop, self._backoff)
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
 
     async def _read(self, pubsub: PubSub) -> None:
         self.last_frame = time.monotonic()
@@ -128,6 +131,7 @@ class Listener:
 
     def _subscribed(self) -> None:
         self.subscribed = True
+        self._backoff = BACKOFF_MIN_S
         self.stats.subscribes += 1
         log.info(
             "listening on %s",

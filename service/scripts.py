@@ -63,26 +63,26 @@ async def run_scripts(redis: Redis, calls: Sequence[Call]) -> list[Any]:
     """Run many script calls in one round trip (not atomic as a whole).
 
     Errors come back in place as exception objects. Calls refused with
-    NOSCRIPT did not run: their scripts are loaded and just those calls sent
-    again.
+    NOSCRIPT did not run: just those are sent again, as EVAL with the source.
     """
     if not calls:
         return []
-    results = await _pipeline(redis, calls)
+    results = await _pipeline(redis, calls, with_source=False)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
-        for script in {calls[i][0] for i in missing}:
-            await redis.script_load(script.source)
-        again = await _pipeline(redis, [calls[i] for i in missing])
+        again = await _pipeline(redis, [calls[i] for i in missing], with_source=True)
         for i, r in zip(missing, again, strict=True):
             results[i] = r
     return results
 
 
-async def _pipeline(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+async def _pipeline(redis: Redis, calls: Sequence[Call], *, with_source: bool) -> list[Any]:
     pipe = redis.pipeline(transaction=False)
     for script, keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        if with_source:
+            pipe.eval(script.source, len(keys), *keys, *args)
+        else:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
     return list(await pipe.execute(raise_on_error=False))
 
 

@@ -8,8 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from redis.asyncio import Redis
-
+from service.connections import create_redis
 from service.engine import Engine
 from service.models import Batch
 from service.settings import Settings
@@ -73,7 +72,7 @@ class Collector:
 
 @contextlib.asynccontextmanager
 async def running_engine(redis_url: str, handler: Any, **overrides: Any) -> AsyncIterator[Engine]:
-    client = Redis.from_url(redis_url)
+    client = create_redis(redis_url)
     engine = Engine(client, fast_settings(redis_url, **overrides), handler, shutdown_timeout_s=2)
     await engine.start()
     try:
