@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# Deeper JSON in a message's ``data`` is refused at the door: it could be
+# stored, but not serialised again when the batch is delivered.
+MAX_DATA_DEPTH = 32
+
+
+def nesting_exceeds(node: object, limit: int = MAX_DATA_DEPTH) -> bool:
+    """Whether lists/objects nest deeper than ``limit`` (no recursion)."""
+    stack = [(node, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list) and item:
+            if depth >= limit:
+                return True
+            stack.extend(
+                (c, depth + 1) for c in (item.values() if isinstance(item, dict) else item)
+            )
+    return False
+
 
 Reason = Literal["idle", "max_wait", "max_messages", "recovered"]
 
@@ -29,13 +51,15 @@ class Message(BaseModel):
             doc["text"] = self.text
         if self.sent_at is not None:
             doc["sent_at"] = self.sent_at
-        if self.data:
+        if self.data is not None and self.data != {}:
             doc["data"] = self.data
         text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
         try:
             return text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: keep them, escaped
-            return json.dumps(doc, separators=(",", ":")).encode("ascii")
+        except UnicodeEncodeError:
+            # Lone surrogates (from "\udXXX" escapes in the input) are not
+            # text: they could be stored, but never forwarded as UTF-8 JSON.
+            return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def decode_item(raw: bytes) -> Message:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..appstate import app_state
 from ..errors import InvalidMessage, RedisUnavailable
-from ..models import Message
+from ..models import MAX_DATA_DEPTH, Message, nesting_exceeds
 from .body import BodyTooLarge, error, parse_json, read_body, too_large, unavailable
 
 MAX_MESSAGES_PER_POST = 1000
@@ -33,6 +33,13 @@ class InMessage(BaseModel):
     text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     sent_at: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     data: Any = None
+
+    @field_validator("data")
+    @classmethod
+    def _shallow_enough(cls, value: Any) -> Any:
+        if nesting_exceeds(value):
+            raise ValueError(f"nested deeper than {MAX_DATA_DEPTH} levels")
+        return value
 
 
 class InMessages(BaseModel):

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.models import Message
+from ..models import MAX_DATA_DEPTH, Message, nesting_exceeds
 
 OBJECT = "whatsapp_business_account"
 SOURCE = "whatsapp"
 CHAT_PREFIX = "wa"
-MAX_DEPTH = 32  # Meta nests ~5 levels; far deeper data would overflow json.dumps when stored
+MAX_DEPTH = MAX_DATA_DEPTH  # Meta nests ~5 levels
 
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 _DIGITS = re.compile(r"[0-9]+")
@@ -110,16 +110,9 @@ def _count_objects(parent: Obj, key: str, path: str) -> int:
 
 
 def _check_depth(node: object, path: str) -> None:
-    """MalformedPayload if ``node`` nests lists/objects deeper than MAX_DEPTH (no recursion)."""
-    stack = [(node, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list) and item:
-            if depth >= MAX_DEPTH:
-                raise MalformedPayload(f"{path} is nested deeper than {MAX_DEPTH} levels")
-            stack.extend(
-                (c, depth + 1) for c in (item.values() if isinstance(item, dict) else item)
-            )
+    """MalformedPayload if ``node`` nests lists/objects deeper than MAX_DEPTH."""
+    if nesting_exceeds(node, MAX_DEPTH):
+        raise MalformedPayload(f"{path} is nested deeper than {MAX_DEPTH} levels")
 
 
 def _first(*values: str | None) -> str | None:
