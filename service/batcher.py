@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .errors import InvalidMessage, RedisUnavailable
+from .events import emit
 from .keys import Keyspace, seen_member
 from .models import AddResult, Message
 from .scripts import Call, Scripts
@@ -62,7 +63,10 @@ class Batcher:
             if isinstance(raw, Exception):
                 raise RedisUnavailable(f"Redis did not take the message: {raw}") from raw
             r = Scripts.parse_append(raw)
-            result = AddResult(chat_id, msg.id, r.accepted, r.deadline_ms, r.count, r.now_ms)
+            max_wait_left = r.opened_ms + self.settings.max_wait_ms - r.now_ms
+            result = AddResult(
+                chat_id, msg.id, r.accepted, r.deadline_ms, r.count, r.now_ms, max_wait_left
+            )
             results.append(result)
             _log_added(result)
         return results
@@ -91,22 +95,13 @@ class Batcher:
 
 def _log_added(r: AddResult) -> None:
     if r.accepted:
-        log.info(
-            "appended chat=%s size=%d flush_in=%dms",
-            r.chat_id,
-            r.count,
-            r.flush_in_ms,
-            extra={
-                "event": "appended",
-                "chat_id": r.chat_id,
-                "size": r.count,
-                "flush_in_ms": r.flush_in_ms,
-            },
+        emit(
+            log,
+            "appended",
+            chat=r.chat_id,
+            size=r.count,
+            flush_in_ms=r.flush_in_ms,
+            max_wait_left_ms=r.max_wait_left_ms,
         )
     else:
-        log.info(
-            "duplicate chat=%s id=%s",
-            r.chat_id,
-            r.message_id,
-            extra={"event": "duplicate", "chat_id": r.chat_id, "message_id": r.message_id},
-        )
+        emit(log, "duplicate", chat=r.chat_id, id=r.message_id)

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from .errors import ServerConfigError
+from .events import emit
 from .settings import Settings
 
 log = logging.getLogger("service.checks")
@@ -157,14 +158,14 @@ async def ensure_ready(redis: Redis, settings: Settings) -> list[Check]:
         ) from exc
     for c in checks:
         level = {"ok": logging.INFO, "warn": logging.WARNING, "fail": logging.ERROR}[c.status]
-        log.log(
-            level,
-            "check %s: %s: %s%s",
-            c.name,
-            c.status.upper(),
-            c.detail,
-            f" (redis.conf: {c.fix})" if c.status != "ok" and c.fix else "",
-            extra={"event": "check", "check": c.name, "status": c.status, "fix": c.fix},
+        emit(
+            log,
+            "check",
+            level=level,
+            check=c.name,
+            status=c.status,
+            detail=c.detail,
+            **({"fix": c.fix} if c.status != "ok" and c.fix else {}),
         )
     for c in checks:
         if c.status == "fail":

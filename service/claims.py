@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from .batcher import new_id
+from .events import emit
 from .handlers import Handler
 from .keys import ChatKeys
 from .loops import sleep_or_stop
@@ -63,21 +64,15 @@ class Delivery:
                 self.stats.recovered += 1
             batch = _batch(batch_id, chat_id, got)
             self.stats.record_claim(batch.reason, len(batch.messages))
-            log.info(
-                "claimed chat=%s batch=%s size=%d reason=%s open_for=%dms",
-                chat_id,
-                batch_id,
-                len(batch.messages),
-                batch.reason,
-                got.closed_ms - got.opened_ms,
-                extra={
-                    "event": "claimed",
-                    "chat_id": chat_id,
-                    "batch_id": batch_id,
-                    "size": len(batch.messages),
-                    "reason": batch.reason,
-                    "open_ms": got.closed_ms - got.opened_ms,
-                },
+            emit(
+                log,
+                "claimed",
+                chat=chat_id,
+                batch=batch_id,
+                size=len(batch.messages),
+                reason=batch.reason,
+                open_ms=got.closed_ms - got.opened_ms,
+                lag_ms=max(0, got.closed_ms - got.deadline_ms),
             )
             if not await self.deliver(ck, batch, token):
                 return
@@ -93,17 +88,13 @@ class Delivery:
             return
         self.stats.redelivered += 1
         batch = _batch(batch_id, chat_id, got)
-        log.warning(
-            "redelivering chat=%s batch=%s attempt=%d (lease expired)",
-            chat_id,
-            batch_id,
-            batch.attempt,
-            extra={
-                "event": "redelivering",
-                "chat_id": chat_id,
-                "batch_id": batch_id,
-                "attempt": batch.attempt,
-            },
+        emit(
+            log,
+            "redelivering",
+            chat=chat_id,
+            batch=batch_id,
+            attempt=batch.attempt,
+            why="lease expired",
         )
         if await self.deliver(ck, batch, token):
             await self.process(chat_id)
@@ -137,21 +128,14 @@ class Delivery:
             if error is None:
                 raw = await self._call(self.scripts.ack_call(ck, batch.batch_id))
                 self.stats.delivered += 1
-                log.info(
-                    "delivered chat=%s batch=%s size=%d in %.0fms (lag %.0fms)",
-                    batch.chat_id,
-                    batch.batch_id,
-                    len(batch.messages),
-                    took_ms,
-                    lag_ms,
-                    extra={
-                        "event": "delivered",
-                        "chat_id": batch.chat_id,
-                        "batch_id": batch.batch_id,
-                        "size": len(batch.messages),
-                        "duration_ms": took_ms,
-                        "lag_ms": lag_ms,
-                    },
+                emit(
+                    log,
+                    "delivered",
+                    chat=batch.chat_id,
+                    batch=batch.batch_id,
+                    size=len(batch.messages),
+                    duration_ms=round(took_ms, 1),
+                    lag_ms=round(lag_ms, 1),
                 )
                 return bool(int(raw[1]))
 
@@ -160,42 +144,28 @@ class Delivery:
             call = self.scripts.nack_call(ck, batch.batch_id, token, error, backoff_ms=backoff_ms)
             res = Scripts.parse_nack(await self._call(call))
             if res.lost:
-                log.warning("lease lost chat=%s batch=%s", batch.chat_id, batch.batch_id)
+                emit(log, "lease_lost", chat=batch.chat_id, batch=batch.batch_id)
                 return False
             if res.dead:
                 self.stats.dead += 1
-                log.error(
-                    "dead-lettered chat=%s batch=%s after %d attempts: %s",
-                    batch.chat_id,
-                    batch.batch_id,
-                    batch.attempt,
-                    error,
-                    extra={
-                        "event": "dead",
-                        "chat_id": batch.chat_id,
-                        "batch_id": batch.batch_id,
-                        "attempt": batch.attempt,
-                        "error": error,
-                    },
+                emit(
+                    log,
+                    "dead",
+                    chat=batch.chat_id,
+                    batch=batch.batch_id,
+                    attempts=batch.attempt,
+                    error=error,
                 )
                 return res.next_due
-            log.warning(
-                "failed chat=%s batch=%s attempt %d of %d, next in %dms: %s",
-                batch.chat_id,
-                batch.batch_id,
-                batch.attempt,
-                s.max_attempts,
-                backoff_ms,
-                error,
-                extra={
-                    "event": "failed",
-                    "chat_id": batch.chat_id,
-                    "batch_id": batch.batch_id,
-                    "attempt": batch.attempt,
-                    "max_attempts": s.max_attempts,
-                    "retry_in_ms": backoff_ms,
-                    "error": error,
-                },
+            emit(
+                log,
+                "failed",
+                chat=batch.chat_id,
+                batch=batch.batch_id,
+                attempt=batch.attempt,
+                max_attempts=s.max_attempts,
+                retry_in_ms=backoff_ms,
+                error=error,
             )
             if await sleep_or_stop(self.stop, backoff_ms / 1000):
                 await self._release(ck, batch, token)
@@ -223,10 +193,10 @@ class Delivery:
             await asyncio.sleep(period)
             try:
                 if int(await self.scripts.run(call)) == 0:
-                    log.warning("lease lost chat=%s batch=%s", batch.chat_id, batch.batch_id)
+                    emit(log, "lease_lost", chat=batch.chat_id, batch=batch.batch_id)
                     return
             except (RedisError, OSError) as exc:
-                log.warning("lease renewal failed chat=%s: %s", batch.chat_id, exc)
+                emit(log, "redis_retry", chat=batch.chat_id, error=str(exc))
 
     async def _release(self, ck: ChatKeys, batch: Batch, token: str) -> None:
         """Hand the batch back at shutdown: the next sweep redelivers it."""
@@ -248,7 +218,7 @@ async def retry_redis(fn: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
         except (RedisError, OSError) as exc:
             if stop.is_set():
                 raise
-            log.warning("redis unavailable, retrying in %.2fs: %s", delay, exc)
+            emit(log, "redis_retry", retry_in_ms=int(delay * 1000), error=str(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 

@@ -22,6 +22,7 @@ from .connections import create_redis
 from .console import setup_logging
 from .embedded import EmbeddedRedisError
 from .errors import BatcherError
+from .events import emit
 from .settings import Settings
 
 log = logging.getLogger("service.cli")
@@ -59,13 +60,7 @@ def redis_url_for(settings: Settings) -> Iterator[str]:
     binary = find_server_binary(settings.redis_server)
     server = RedisServer(binary, data_dir=Path(settings.data_dir).absolute() / "redis")
     server.start()
-    log.info(
-        "embedded Redis-compatible server %s at %s (data in %s)",
-        binary.name,
-        server.url,
-        server.data_dir,
-        extra={"event": "embedded", "url": server.url},
-    )
+    emit(log, "embedded", server=binary.name, url=server.url, data=str(server.data_dir))
     try:
         yield server.url
     finally:
@@ -80,15 +75,14 @@ def serve(settings: Settings, url: str) -> None:
 
     settings = settings.model_copy(update={"redis_url": SecretStr(url)})
     app = create_app(settings)
-    log.info(
-        "batcher on http://%s:%d  idle %dms, max wait %dms, max %d messages, redis %s",
-        settings.host,
-        settings.port,
-        settings.idle_ms,
-        settings.max_wait_ms,
-        settings.max_messages,
-        settings.redis_url_display,
-        extra={"event": "started"},
+    emit(
+        log,
+        "started",
+        url=f"http://{settings.host}:{settings.port}",
+        idle_ms=settings.idle_ms,
+        max_wait_ms=settings.max_wait_ms,
+        max_messages=settings.max_messages,
+        redis=settings.redis_url_display,
     )
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again
     # with the handler it found: make that one a no-op, so that we return and
@@ -165,8 +159,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--json", dest="json_path", help="write the figures here")
     args = parser.parse_args(argv)
     settings = load_settings()
-    level = "WARNING" if args.command == "bench" else settings.log_level
-    setup_logging(settings.log_format, level)
+    if args.command == "bench":
+        setup_logging(settings.log_format, "WARNING")
+    else:
+        # Development (embedded server): a line per message. Production: quiet.
+        dev = settings.redis_url is None
+        level = settings.log_level or ("DEBUG" if dev else "INFO")
+        setup_logging(settings.log_format, "INFO", service_level=level)
     try:
         if args.command == "serve":
             with redis_url_for(settings) as url:

@@ -1,7 +1,14 @@
-"""Logging set-up for the command line (the library itself only logs).
+"""Logging set-up for the command line (the library itself only emits).
 
-``rich``: one aligned, coloured line per event for people. ``json``: one
-JSON object per line, with the event's fields, for log shippers.
+``rich``: one aligned, coloured line per event, for people::
+
+    16:49:45.269  + appended     web:42              size=2  flush in 1.0s  max wait 59.0s
+    16:49:46.274  > claimed      web:42              2 msgs  idle  open 1.0s  lag 6ms
+    16:49:46.279  ✓ delivered    web:42              2 msgs  in 3ms
+
+``json``: one JSON object per line with the same fields, for log shippers.
+Per-message lines (``appended``, ``duplicate``) are DEBUG: shown in
+development (embedded server), quiet in production unless asked for.
 """
 
 from __future__ import annotations
@@ -9,13 +16,121 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
-from rich.logging import RichHandler
+from rich.text import Text
 
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+CHAT_WIDTH = 22
+
+# event -> (glyph, style)
+STYLES: dict[str, tuple[str, str]] = {
+    "appended": ("+", "cyan"),
+    "duplicate": ("=", "dim"),
+    "claimed": (">", "blue"),
+    "delivered": ("✓", "green"),
+    "failed": ("!", "yellow"),
+    "dead": ("✗", "bold red"),
+    "recovering": ("↺", "magenta"),
+    "redelivering": ("↺", "magenta"),
+    "lease_lost": ("!", "yellow"),
+    "subscribed": ("~", "green"),
+    "listener_lost": ("~", "yellow"),
+    "redis_retry": ("!", "yellow"),
+    "check": ("?", "white"),
+    "embedded": ("*", "white"),
+    "started": ("*", "bold white"),
+}
+
+
+def shorten(text: str, width: int = CHAT_WIDTH) -> str:
+    """``wa:105512345678:447700900123`` -> ``wa:1055123…47700900123``."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[-(width - 1 - head) :]
+
+
+def _s(ms: Any) -> str:
+    value = float(ms)
+    return f"{value / 1000:.1f}s" if abs(value) >= 1000 else f"{value:.0f}ms"
+
+
+def _fields(event: str, f: dict[str, Any]) -> str:
+    """The human part of an event line; unknown fields fall back to k=v."""
+    known: dict[str, Callable[[dict[str, Any]], str]] = {
+        "appended": lambda f: (
+            f"size={f['size']}  flush in {_s(f['flush_in_ms'])}"
+            f"  max wait {_s(f['max_wait_left_ms'])}"
+        ),
+        "duplicate": lambda f: f"id={f['id']}",
+        "claimed": lambda f: (
+            f"{f['size']} msgs  {f['reason']}  open {_s(f['open_ms'])}  lag {_s(f['lag_ms'])}"
+        ),
+        "delivered": lambda f: f"{f['size']} msgs  in {_s(f['duration_ms'])}",
+        "failed": lambda f: (
+            f"attempt {f['attempt']} of {f['max_attempts']}, next in "
+            f"{_s(f['retry_in_ms'])}: {f['error']}"
+        ),
+        "dead": lambda f: f"after {f['attempts']} attempts: {f['error']}",
+        "recovering": lambda f: f"({f['why']})",
+        "redelivering": lambda f: f"attempt {f['attempt']} ({f['why']})",
+    }
+    render = known.get(event)
+    if render is not None:
+        try:
+            return render(f)
+        except (KeyError, TypeError, ValueError):
+            pass
+    return "  ".join(f"{k}={v}" for k, v in f.items() if k not in ("chat", "batch"))
+
+
+class EventHandler(logging.Handler):
+    """Renders records as aligned, coloured lines on a rich console."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        super().__init__()
+        self.console = console or Console(stderr=True, soft_wrap=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.render(record), soft_wrap=True, highlight=False)
+        except Exception:
+            self.handleError(record)
+
+    def render(self, record: logging.LogRecord) -> Text:
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+        line = Text(stamp + "  ", style="dim")
+        event = getattr(record, "event", None)
+        fields: dict[str, Any] = getattr(record, "fields", {}) or {}
+        if event is None:
+            style = (
+                "red"
+                if record.levelno >= logging.ERROR
+                else ("yellow" if record.levelno >= logging.WARNING else "white")
+            )
+            line.append(f"{record.levelname.lower():<14}", style=style)
+            line.append(record.getMessage())
+            if record.exc_info:
+                line.append("\n" + logging.Formatter().formatException(record.exc_info))
+            return line
+        glyph, style = STYLES.get(event, ("·", "white"))
+        if event == "check":
+            style = {"ok": "green", "warn": "yellow", "fail": "bold red"}.get(
+                str(fields.get("status")), style
+            )
+        line.append(f"{glyph} {event:<12} ", style=style)
+        chat = fields.get("chat")
+        line.append(
+            f"{shorten(str(chat)) if chat is not None else '':<{CHAT_WIDTH}}  ", style="bold"
+        )
+        line.append(_fields(event, fields))
+        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,17 +139,28 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
         }
+        event = getattr(record, "event", None)
+        if event is not None:
+            doc["event"] = event
+            doc.update(getattr(record, "fields", {}) or {})
+        doc["msg"] = record.getMessage()
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and key not in ("event", "fields") and not key.startswith("_"):
                 doc[key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
-def setup_logging(fmt: str = "rich", level: str = "INFO") -> None:
+def setup_logging(
+    fmt: str = "rich",
+    level: str = "INFO",
+    *,
+    service_level: str | None = None,
+    console: Console | None = None,
+) -> None:
+    """Route all logging to one handler; ``service_level`` sets this package's loggers."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -43,14 +169,7 @@ def setup_logging(fmt: str = "rich", level: str = "INFO") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
     else:
-        handler = RichHandler(
-            console=Console(stderr=True),
-            show_path=False,
-            rich_tracebacks=True,
-            log_time_format="%H:%M:%S.%f",
-            omit_repeated_times=False,
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler = EventHandler(console)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("service").setLevel(level.upper())
+    logging.getLogger("service").setLevel((service_level or level).upper())

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from .batcher import Batcher
 from .checks import Check, check_notifications, ensure_ready
 from .claims import Delivery
+from .events import emit
 from .handlers import ConsoleHandler, Handler
 from .keys import EXPIRED_CHANNEL
 from .listener import Listener, dedicated_client
@@ -133,11 +134,7 @@ class Engine:
         if ("c", chat_id) in self._queued:
             return
         if recovered:
-            log.info(
-                "recovering chat=%s (overdue with no claim)",
-                chat_id,
-                extra={"event": "recovering", "chat_id": chat_id, "why": "overdue"},
-            )
+            emit(log, "recovering", chat=chat_id, why="overdue, no claim")
         self._queued.add(("c", chat_id))
         self._queue.put_nowait(("c", chat_id, None, recovered))
 
@@ -159,10 +156,14 @@ class Engine:
         with contextlib.suppress(RedisError, OSError):
             check = await check_notifications(self.redis, enable=self.settings.configure_redis)
             if check.status != "ok":
-                log.warning(
-                    "after reconnect: %s",
-                    check.detail,
-                    extra={"event": "check", "check": check.name},
+                emit(
+                    log,
+                    "check",
+                    level=logging.WARNING,
+                    check=check.name,
+                    status=check.status,
+                    detail=check.detail,
+                    fix=check.fix,
                 )
         self.sweeper.wake.set()
         # Events lost just before the resubscribe belong to chats not yet

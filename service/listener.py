@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .events import emit
 from .loops import sleep_or_stop
 from .stats import Stats
 
@@ -93,11 +94,11 @@ class Listener:
                 await self._read(pubsub)
             except (RedisError, OSError, ListenerDead, TimeoutError) as exc:
                 if not self.stop.is_set():
-                    log.warning(
-                        "listener lost its connection (%s: %s); reconnecting",
-                        type(exc).__name__,
-                        exc,
-                        extra={"event": "listener_lost", "error": str(exc)},
+                    emit(
+                        log,
+                        "listener_lost",
+                        error=f"{type(exc).__name__}: {exc}",
+                        retry_in_ms=int(self._backoff * 1000),
                     )
             finally:
                 self.subscribed = False
@@ -133,11 +134,7 @@ class Listener:
         self.subscribed = True
         self._backoff = BACKOFF_MIN_S
         self.stats.subscribes += 1
-        log.info(
-            "listening on %s",
-            self.channel,
-            extra={"event": "subscribed", "channel": self.channel},
-        )
+        emit(log, "subscribed", channel=self.channel, reconnects=self.stats.reconnects)
         task = asyncio.create_task(self.on_subscribed())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

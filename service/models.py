@@ -109,6 +109,7 @@ class AddResult:
     deadline_ms: int  # when the chat's batch closes if nothing else arrives
     count: int  # messages in the open batch
     now_ms: int  # Redis time of the append
+    max_wait_left_ms: int = 0  # until the batch closes even if the chat never pauses
 
     @property
     def duplicate(self) -> bool:

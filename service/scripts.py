@@ -95,6 +95,7 @@ class Appended:
     deadline_ms: int
     count: int
     now_ms: int
+    opened_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,7 @@ class Scripts:
 
     @staticmethod
     def parse_append(raw: Any) -> Appended:
-        return Appended(bool(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]))
+        return Appended(bool(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]))
 
     def claim_call(
         self,

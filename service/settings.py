@@ -90,7 +90,10 @@ class Settings(BaseSettings):
 
     # --- Console / embedded server ---------------------------------------
     log_format: Literal["rich", "json"] = "rich"
-    log_level: str = "INFO"
+    log_level: str | None = Field(
+        default=None,
+        description="Default: DEBUG (every message) on the embedded server, INFO otherwise.",
+    )
     data_dir: str = Field(default=".batcher", description="Embedded server's data directory.")
     redis_server: str | None = Field(default=None, description="Binary for the embedded server.")
 

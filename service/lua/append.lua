@@ -11,14 +11,15 @@
 -- ARGV[5] = max_wait_ms
 -- ARGV[6] = max_messages
 -- ARGV[7] = dedupe_window_ms
--- Returns {status, deadline_ms, count, now_ms}: status 1 = appended, 0 = duplicate.
+-- Returns {status, deadline_ms, count, now_ms, opened_ms}: status 1 = appended, 0 = duplicate.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local chat = ARGV[1]
 
 if ARGV[2] ~= '' and redis.call('ZSCORE', KEYS[5], ARGV[2]) then
   local d = redis.call('ZSCORE', KEYS[4], chat)
-  return {0, tonumber(d or 0), redis.call('LLEN', KEYS[1]), now}
+  return {0, tonumber(d or 0), redis.call('LLEN', KEYS[1]), now,
+    tonumber(redis.call('HGET', KEYS[3], 'opened') or now)}
 end
 
 -- RPUSH is the first write and is refused under maxmemory (noeviction), so
@@ -43,4 +44,4 @@ if count >= tonumber(ARGV[6]) then
 end
 redis.call('SET', KEYS[2], '1', 'PX', math.max(deadline - now, 1))
 redis.call('ZADD', KEYS[4], deadline, chat)
-return {1, deadline, count, now}
+return {1, deadline, count, now, opened}

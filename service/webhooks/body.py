@@ -30,10 +30,14 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_json(body: bytes) -> Any:
-    """JSON or ValueError (bad UTF-8, bad JSON, absurd nesting)."""
+    """Strict JSON or ValueError (bad UTF-8, bad JSON, NaN/Infinity, absurd nesting)."""
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"body is not valid JSON: {str(exc)[:200]}") from None
 
