@@ -80,6 +80,10 @@ def _fields(event: str, f: dict[str, Any]) -> str:
         "dead": lambda f: f"after {f['attempts']} attempts: {f['error']}",
         "recovering": lambda f: f"({f['why']})",
         "redelivering": lambda f: f"attempt {f['attempt']} ({f['why']})",
+        "check": lambda f: (
+            f"{f['check']:<17} {str(f['status']).upper():<4}  {f['detail']}"
+            + (f"  (redis.conf: {f['fix']})" if f.get("fix") else "")
+        ),
     }
     render = known.get(event)
     if render is not None:

@@ -298,6 +298,32 @@ class Scripts:
     def scan_call(self, bk: BucketKeys, *, limit: int) -> Call:
         return (SCAN, (bk.due, bk.inflight), (self.settings.sweep_grace_ms, limit))
 
+    @staticmethod
+    def replay_call(keys: Keyspace, ck: ChatKeys, batch_ids: Sequence[str]) -> Call:
+        """Dead batches of one chat (oldest first) back into its open batch."""
+        b = ck.bucket
+        dead_keys: list[bytes] = []
+        for batch_id in batch_ids:
+            dead_keys += [keys.dead_batch(b.bucket, batch_id), keys.dead_info(b.bucket, batch_id)]
+        return (
+            REPLAY,
+            (ck.buf, ck.timer, ck.meta, b.due, b.dead, *dead_keys),
+            (ck.chat_id, *batch_ids),
+        )
+
+    @staticmethod
+    def parse_replay(raw: Any) -> Replayed:
+        return Replayed(batches=int(raw[0]), messages=int(raw[1]))
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+REPLAY = Script.load("replay")
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    batches: int  # dead batches put back (0: none was dead-lettered any more)
+    messages: int
