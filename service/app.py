@@ -33,6 +33,7 @@ def make_handler(settings: Settings) -> tuple[Handler, HttpForwarder | None]:
         forwarder = HttpForwarder(
             settings.forward_url,
             secret.get_secret_value().encode() if secret is not None else None,
+            timeout_s=settings.forward_timeout_ms / 1000,
             max_connections=settings.concurrency,
         )
         return forwarder, forwarder

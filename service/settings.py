@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     handler: str | None = Field(default=None, description="module:function called with each batch.")
     forward_url: str | None = None
     forward_secret: SecretStr | None = None
+    forward_timeout_ms: int = Field(
+        default=10_000, gt=0, description="A forward without a response by then is retried."
+    )
     lease_ms: int = Field(
         default=60_000, gt=0, description="A claimed batch is redelivered after this."
     )

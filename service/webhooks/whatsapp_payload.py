@@ -172,7 +172,7 @@ def _interactive_text(msg: Obj, path: str) -> str | None:
         kind = next((k for k in _INTERACTIVE if k in inter), None)
     if kind is None:
         return None
-    return _opt_str(_opt_obj(inter, kind, p), _INTERACTIVE[kind], f"{p}.{kind}")
+    return _first(_opt_str(_opt_obj(inter, kind, p), _INTERACTIVE[kind], f"{p}.{kind}"))
 
 
 _TEXT: dict[str, Callable[[Obj, str], str | None]] = {
