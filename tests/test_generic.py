@@ -15,11 +15,13 @@ async def test_one_message_then_a_list(redis_url: str) -> None:
         assert r.json() == {"accepted": 1, "duplicates": 0}
         r = await client.post(
             "/v1/messages",
-            json={"messages": [
-                {"chat_id": "web:1", "id": "a", "text": "hi"},
-                {"chat_id": "web:1", "id": "b", "text": "there", "data": {"k": [1, 2]}},
-                {"chat_id": "web:2", "text": "no id", "sent_at": 1764410001.5},
-            ]},
+            json={
+                "messages": [
+                    {"chat_id": "web:1", "id": "a", "text": "hi"},
+                    {"chat_id": "web:1", "id": "b", "text": "there", "data": {"k": [1, 2]}},
+                    {"chat_id": "web:2", "text": "no id", "sent_at": 1764410001.5},
+                ]
+            },
         )
         assert r.json() == {"accepted": 2, "duplicates": 1}
         await collector.wait_messages(3)
