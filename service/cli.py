@@ -20,6 +20,7 @@ from rich.table import Table
 from .checks import run_checks
 from .connections import create_redis
 from .console import setup_logging
+from .dead import add_dead_parser, run_dead
 from .embedded import EmbeddedRedisError
 from .errors import BatcherError
 from .events import emit
@@ -141,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "check",
         help="check the Redis at BATCHER_REDIS_URL; exit 0 OK, 1 warnings, 2 failures",
     )
+    add_dead_parser(sub)
     bench = sub.add_parser("bench", help="measure the service against baselines, same run")
     scenarios = bench.add_subparsers(dest="scenario", required=True)
     lag = scenarios.add_parser(
@@ -154,6 +156,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     idle = scenarios.add_parser("idle", help="Redis CPU of an idle engine")
     idle.add_argument("--open", type=int, default=100_000, help="open batches while idle")
     idle.add_argument("--seconds", type=float, default=10.0)
+    http = scenarios.add_parser(
+        "http", help="POST /webhooks/whatsapp vs a bare Starlette endpoint (wrk)"
+    )
+    http.add_argument("--seconds", type=int, default=10)
+    http.add_argument("--connections", type=int, default=64)
+    http.add_argument("--json", dest="json_path", help="write the figures here")
     for p in (lag, idle):
         p.add_argument("--redis-url", help="use this server (default: start one)")
         p.add_argument("--json", dest="json_path", help="write the figures here")
@@ -177,8 +185,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 ns = args.n or [1_000, 10_000]
                 idle_ms = args.idle_ms or int(args.window_s * 1000) + 2000
                 benchmarks.lag_main(ns, args.window_s, idle_ms, args.redis_url, args.json_path)
+            elif args.scenario == "http":
+                from .bench_http import http_main
+
+                http_main(args.seconds, args.connections, args.json_path)
             else:
                 benchmarks.idle_main(args.open, args.seconds, args.redis_url, args.json_path)
+        elif args.command == "dead":
+            sys.exit(run_dead(args, settings))
         elif args.command == "check":
             sys.exit(asyncio.run(check(settings, Console())))
     except (BatcherError, EmbeddedRedisError) as exc:

@@ -18,10 +18,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local chat = ARGV[1]
 
 local ids, lists, infos = {}, {}, {}
-local dead_items = {}
+local dead_items, seen = {}, {}
 for i = 1, #ARGV - 1 do
   local list, info = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
-  if redis.call('ZSCORE', KEYS[5], ARGV[1 + i]) and redis.call('HGET', info, 'chat') == chat then
+  if not seen[ARGV[1 + i]] and redis.call('ZSCORE', KEYS[5], ARGV[1 + i])
+      and redis.call('HGET', info, 'chat') == chat then
+    seen[ARGV[1 + i]] = true
     ids[#ids + 1], lists[#lists + 1], infos[#infos + 1] = ARGV[1 + i], list, info
     local items = redis.call('LRANGE', list, 0, -1)
     for j = 1, #items do
