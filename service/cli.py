@@ -13,11 +13,8 @@ from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from rich.console import Console
-from rich.table import Table
 
-from .checks import run_checks
 from .connections import create_redis
 from .console import setup_logging
 from .dead import add_dead_parser, run_dead
@@ -101,32 +98,6 @@ def serve(settings: Settings, url: str) -> None:
     )
 
 
-async def check(settings: Settings, console: Console) -> int:
-    if settings.redis_url is None:
-        raise SystemExit("batcher check: set BATCHER_REDIS_URL to the server to check")
-    async with redis_client(settings.redis_url.get_secret_value()) as redis:
-        try:
-            checks = await run_checks(redis, settings, fix=False)
-        except (RedisError, OSError) as exc:
-            console.print(f"[bold red]FAIL[/] cannot reach {settings.redis_url_display}: {exc}")
-            return 2
-    table = Table(title=f"Redis at {settings.redis_url_display}")
-    for col in ("check", "status", "detail", "redis.conf fix"):
-        table.add_column(col)
-    style = {"ok": "green", "warn": "yellow", "fail": "bold red"}
-    for c in checks:
-        table.add_row(
-            c.name,
-            f"[{style[c.status]}]{c.status.upper()}[/]",
-            c.detail,
-            c.fix if c.status != "ok" else "",
-        )
-    console.print(table)
-    if any(c.status == "fail" for c in checks):
-        return 2
-    return 1 if any(c.status == "warn" for c in checks) else 0
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="batcher",
@@ -194,7 +165,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.command == "dead":
             sys.exit(run_dead(args, settings))
         elif args.command == "check":
-            sys.exit(asyncio.run(check(settings, Console())))
+            from .doctor import doctor
+
+            sys.exit(asyncio.run(doctor(settings, Console(width=160))))
     except (BatcherError, EmbeddedRedisError) as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}")
         sys.exit(2)

@@ -160,3 +160,12 @@ def _wait_for_line(log: object, needle: str, proc: subprocess.Popen[bytes]) -> N
         assert proc.poll() is None, path.read_text()
         time.sleep(0.05)
     raise AssertionError(f"{needle} never logged:\n{path.read_text()}")
+
+
+def test_check_warns_on_a_small_pubsub_buffer_and_probes_event_lag(redis_url: str) -> None:
+    Redis.from_url(redis_url).config_set("client-output-buffer-limit", "pubsub 32mb 8mb 60")
+    r = run_batcher("check", env={"BATCHER_REDIS_URL": redis_url})
+    assert r.returncode == 1, r.stdout
+    assert "client-output-buffer-limit pubsub 256mb 128mb 120" in r.stdout
+    assert "events alone: p50" in r.stdout and "nudged: p50" in r.stdout
+    assert "permissions" in r.stdout
