@@ -237,7 +237,7 @@ async def test_index_is_empty_once_everything_is_delivered(
         for i in range(20):
             await engine.add(f"c{i}", "x")
         await collector.wait_messages(20)
-        await asyncio.sleep(0.05)  # let the last acks land
+        await wait_until(lambda: engine.stats.delivered == 20)  # counted after each ack
     for bk in engine.keys.all_buckets():
         assert await redis_client.zcard(bk.due) == 0
         assert await redis_client.zcard(bk.inflight) == 0
