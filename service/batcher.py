@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .coalesce import Coalescer
 from .errors import InvalidMessage, RedisUnavailable
 from .events import emit
 from .keys import Keyspace, seen_member
@@ -35,13 +36,14 @@ class Batcher:
         self.settings = settings
         self.keys = Keyspace(settings.key_prefix, settings.buckets)
         self.scripts = scripts or Scripts(redis, self.keys, settings)
+        self.coalescer = Coalescer(self.scripts)
 
     async def add(self, chat_id: str, message: Message | str) -> AddResult:
         """Append one message to the chat's open batch (or detect a duplicate)."""
         return (await self.add_many([(chat_id, message)]))[0]
 
     async def add_many(self, items: Sequence[tuple[str, Message | str]]) -> list[AddResult]:
-        """Append several messages in one round trip.
+        """Append several messages in one round trip (shared with concurrent callers).
 
         Raises ``RedisUnavailable`` when any of them could not be stored: the
         caller must not acknowledge the lot (they are idempotent by message
@@ -55,7 +57,7 @@ class Batcher:
             calls.append(call)
             msgs.append((chat_id, msg))
         try:
-            raws = await self.scripts.run_many(calls)
+            raws = await self.coalescer.run(calls)
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"Redis did not take the messages: {exc}") from exc
         results = []

@@ -18,10 +18,12 @@ from rich.console import Console
 from .connections import create_redis
 from .console import setup_logging
 from .dead import add_dead_parser, run_dead
+from .demo import add_demo_parser, run_demo
 from .embedded import EmbeddedRedisError
 from .errors import BatcherError
 from .events import emit
 from .settings import Settings
+from .watch import add_watch_parser, run_watch
 
 log = logging.getLogger("service.cli")
 
@@ -114,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="check the Redis at BATCHER_REDIS_URL; exit 0 OK, 1 warnings, 2 failures",
     )
     add_dead_parser(sub)
+    add_watch_parser(sub)
+    add_demo_parser(sub)
     bench = sub.add_parser("bench", help="measure the service against baselines, same run")
     scenarios = bench.add_subparsers(dest="scenario", required=True)
     lag = scenarios.add_parser(
@@ -164,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 benchmarks.idle_main(args.open, args.seconds, args.redis_url, args.json_path)
         elif args.command == "dead":
             sys.exit(run_dead(args, settings))
+        elif args.command == "watch":
+            sys.exit(run_watch(args, settings))
+        elif args.command == "demo":
+            sys.exit(run_demo(args, settings))
         elif args.command == "check":
             from .doctor import doctor
 
