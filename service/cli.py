@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         setup_logging(settings.log_format, "INFO", service_level=level)
     try:
         if args.command == "serve":
+            problem = settings.serving_problem()
+            if problem is not None:
+                raise SystemExit(f"batcher serve: {problem}")
             with redis_url_for(settings) as url:
                 serve(settings, url)
         elif args.command == "bench":

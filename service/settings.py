@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     whatsapp_app_secret: SecretStr | None = None
     whatsapp_verify_token: SecretStr | None = None
+    insecure_dev: bool = Field(
+        default=False,
+        description="Allow serving on a non-loopback host without BATCHER_WHATSAPP_APP_SECRET.",
+    )
 
     # --- Console / embedded server ---------------------------------------
     log_format: Literal["rich", "json"] = "rich"
@@ -120,6 +124,21 @@ class Settings(BaseSettings):
             if scheme not in ("redis", "rediss", "unix"):
                 raise ValueError("BATCHER_REDIS_URL must start with redis://, rediss:// or unix://")
         return self
+
+    def serving_problem(self) -> str | None:
+        """Why ``serve`` must not start with these settings, if it must not.
+
+        Unsigned webhooks are only acceptable on loopback (development): on
+        any other address anybody could inject messages into any chat.
+        """
+        loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+        if not loopback and self.whatsapp_app_secret is None and not self.insecure_dev:
+            return (
+                f"refusing to serve on {self.host} without BATCHER_WHATSAPP_APP_SECRET: "
+                "webhooks would be accepted unsigned. Set the app secret, or "
+                "BATCHER_INSECURE_DEV=1 for a throwaway development setup."
+            )
+        return None
 
     @property
     def redis_url_display(self) -> str:

@@ -169,3 +169,11 @@ def test_check_warns_on_a_small_pubsub_buffer_and_probes_event_lag(redis_url: st
     assert "client-output-buffer-limit pubsub 256mb 128mb 120" in r.stdout
     assert "events alone: p50" in r.stdout and "nudged: p50" in r.stdout
     assert "permissions" in r.stdout
+
+
+def test_serve_refuses_a_public_host_without_an_app_secret(tmp_path: Path) -> None:
+    env = {"BATCHER_HOST": "0.0.0.0", "BATCHER_DATA_DIR": str(tmp_path)}
+    r = run_batcher("serve", env=env)
+    assert r.returncode != 0
+    assert "BATCHER_WHATSAPP_APP_SECRET" in r.stderr
+    assert not (tmp_path / "redis").exists()  # refused before starting anything
