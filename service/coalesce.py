@@ -49,7 +49,7 @@ class Coalescer:
     async def _send(self, batch: list[tuple[list[Call], asyncio.Future[list[Any]]]]) -> None:
         calls = [c for group, _ in batch for c in group]
         try:
-            results = await self.scripts.run_many(calls)
+            results = await self.scripts.run_many(calls, durable=True)
         except BaseException as exc:  # every caller learns of the failure
             for _, future in batch:
                 if not future.done():

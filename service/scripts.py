@@ -17,7 +17,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from .keys import BucketKeys, ChatKeys, Keyspace
 from .settings import Settings
@@ -55,35 +55,62 @@ async def run_script(
     try:
         return await redis.evalsha(script.sha, len(keys), *keys, *args)
     except NoScriptError:
-        await redis.script_load(script.source)
-        return await redis.evalsha(script.sha, len(keys), *keys, *args)
+        # EVAL with the source cannot meet NOSCRIPT (a SCRIPT FLUSH may land
+        # between a SCRIPT LOAD and a retried EVALSHA) and caches the script.
+        return await redis.eval(script.source, len(keys), *keys, *args)
 
 
-async def run_scripts(redis: Redis, calls: Sequence[Call]) -> list[Any]:
+class NotReplicated(RedisError):
+    """WAIT: fewer replicas than required acknowledged the writes in time."""
+
+
+async def run_scripts(
+    redis: Redis, calls: Sequence[Call], *, replicas: int = 0, wait_ms: int = 0
+) -> list[Any]:
     """Run many script calls in one round trip (not atomic as a whole).
 
     Errors come back in place as exception objects. Calls refused with
     NOSCRIPT did not run: just those are sent again, as EVAL with the source.
+    With ``replicas``, each pipeline ends with ``WAIT replicas wait_ms`` on
+    its own connection, and ``NotReplicated`` is raised when too few replicas
+    acknowledged the writes.
     """
     if not calls:
         return []
-    results = await _pipeline(redis, calls, with_source=False)
+    results = await _pipeline(redis, calls, with_source=False, replicas=replicas, wait_ms=wait_ms)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
-        again = await _pipeline(redis, [calls[i] for i in missing], with_source=True)
+        again = await _pipeline(
+            redis,
+            [calls[i] for i in missing],
+            with_source=True,
+            replicas=replicas,
+            wait_ms=wait_ms,
+        )
         for i, r in zip(missing, again, strict=True):
             results[i] = r
     return results
 
 
-async def _pipeline(redis: Redis, calls: Sequence[Call], *, with_source: bool) -> list[Any]:
+async def _pipeline(
+    redis: Redis, calls: Sequence[Call], *, with_source: bool, replicas: int, wait_ms: int
+) -> list[Any]:
     pipe = redis.pipeline(transaction=False)
     for script, keys, args in calls:
         if with_source:
             pipe.eval(script.source, len(keys), *keys, *args)
         else:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-    return list(await pipe.execute(raise_on_error=False))
+    if replicas:
+        pipe.execute_command("WAIT", replicas, wait_ms)
+    results = list(await pipe.execute(raise_on_error=False))
+    if replicas:
+        acked = results.pop()
+        if isinstance(acked, Exception) or int(acked) < replicas:
+            raise NotReplicated(
+                f"only {acked} of {replicas} replica(s) acknowledged within {wait_ms} ms"
+            )
+    return results
 
 
 # --- typed results ---------------------------------------------------------
@@ -149,7 +176,15 @@ class Scripts:
     async def run(self, call: Call) -> Any:
         return await run_script(self.redis, *call)
 
-    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
+    async def run_many(self, calls: Sequence[Call], *, durable: bool = False) -> list[Any]:
+        """``durable``: wait for BATCHER_ACK_REPLICAS replicas (acknowledged writes)."""
+        if durable and self.settings.ack_replicas:
+            return await run_scripts(
+                self.redis,
+                calls,
+                replicas=self.settings.ack_replicas,
+                wait_ms=self.settings.ack_timeout_ms,
+            )
         return await run_scripts(self.redis, calls)
 
     def append_call(

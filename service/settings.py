@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         le=16384,
         description="Hash-tag buckets; every key of one chat lives in one bucket (one slot).",
     )
+    ack_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Acknowledge a message only once this many replicas have it (WAIT).",
+    )
+    ack_timeout_ms: int = Field(default=1_000, gt=0, description="How long WAIT may take.")
     allow_eviction: bool = Field(
         default=False,
         description="Start even though maxmemory-policy can evict batches (unsafe).",
