@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .coalesce import Coalescer
-from .errors import InvalidMessage, RedisUnavailable
+from .errors import InvalidMessage, MessageTooLarge, RedisUnavailable
 from .events import emit
 from .keys import Keyspace, seen_member
 from .models import AddResult, Message
@@ -92,6 +92,11 @@ class Batcher:
             payload = msg.stored_json()
         except (TypeError, ValueError) as exc:
             raise InvalidMessage(f"message is not JSON-serialisable: {exc}") from exc
+        if len(payload) > self.settings.max_message_bytes:
+            raise MessageTooLarge(
+                f"message {msg.id!r} is {len(payload)} bytes, above the "
+                f"{self.settings.max_message_bytes}-byte limit"
+            )
         return self.scripts.append_call(ck, member, payload), msg
 
 

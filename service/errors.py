@@ -11,6 +11,10 @@ class InvalidMessage(BatcherError, ValueError):
     """A message or chat id the service refuses (nothing was stored)."""
 
 
+class MessageTooLarge(InvalidMessage):
+    """A message above BATCHER_MAX_MESSAGE_BYTES (answered 413)."""
+
+
 class RedisUnavailable(BatcherError):
     """Redis could not take the write; nothing was acknowledged."""
 

@@ -30,7 +30,7 @@ def nesting_exceeds(node: object, limit: int = MAX_DATA_DEPTH) -> bool:
     return False
 
 
-Reason = Literal["idle", "max_wait", "max_messages", "recovered"]
+Reason = Literal["idle", "max_wait", "max_messages", "max_bytes", "recovered"]
 
 
 class Message(BaseModel):

@@ -205,6 +205,7 @@ class Scripts:
                 s.max_wait_ms,
                 s.max_messages,
                 s.dedupe_window_ms,
+                s.max_batch_bytes,
             ),
         )
 
@@ -233,6 +234,7 @@ class Scripts:
                 s.max_wait_ms,
                 token,
                 "1" if recovered else "0",
+                s.max_batch_bytes,
             ),
         )
 

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         default=60_000, gt=0, description="Close a batch this long after it opened."
     )
     max_messages: int = Field(default=50, ge=1, le=100_000)
+    max_batch_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Close a batch at once when it holds this much."
+    )
+    max_message_bytes: int = Field(
+        default=64 * 1024, ge=256, description="A larger message is refused (413)."
+    )
     dedupe_window_ms: int = Field(
         default=24 * 3600 * 1000,
         ge=0,

@@ -11,6 +11,7 @@
 -- ARGV[5] = max_wait_ms
 -- ARGV[6] = max_messages
 -- ARGV[7] = dedupe_window_ms
+-- ARGV[8] = max_batch_bytes (the batch closes at once when its messages reach this size)
 -- Returns {status, deadline_ms, count, now_ms, opened_ms}: status 1 = appended, 0 = duplicate.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -37,9 +38,10 @@ if count == 1 or not opened then
   opened = now
 end
 redis.call('HSET', KEYS[3], 'opened', opened, 'last', now)
+local size = redis.call('HINCRBY', KEYS[3], 'bytes', string.len(ARGV[3]))
 
 local deadline = math.min(now + tonumber(ARGV[4]), opened + tonumber(ARGV[5]))
-if count >= tonumber(ARGV[6]) then
+if count >= tonumber(ARGV[6]) or size >= tonumber(ARGV[8]) then
   deadline = now
 end
 redis.call('SET', KEYS[2], '1', 'PX', math.max(deadline - now, 1))

@@ -15,6 +15,7 @@
 -- ARGV[6] = max_wait_ms
 -- ARGV[7] = lease token
 -- ARGV[8] = "1" when the sweeper recovers the chat, else "0"
+-- ARGV[9] = max_batch_bytes
 -- Returns one of:
 --   {1, seq, opened_ms, closed_ms, deadline_ms, reason, {items}}  claimed
 --   {2}          the timer runs again (a new message arrived): not idle
@@ -44,13 +45,14 @@ if redis.call('HEXISTS', KEYS[3], 'batch') == 1 then
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[4], chat)
-  redis.call('HDEL', KEYS[3], 'opened', 'last')
+  redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes')
   return {5}
 end
 
 redis.call('RENAME', KEYS[1], KEYS[6])
 redis.call('PERSIST', KEYS[6])
 local opened = tonumber(redis.call('HGET', KEYS[3], 'opened') or now)
+local size = tonumber(redis.call('HGET', KEYS[3], 'bytes') or 0)
 local count = redis.call('LLEN', KEYS[6])
 local max = tonumber(ARGV[4])
 local reason = 'idle'
@@ -58,6 +60,8 @@ if ARGV[8] == '1' then
   reason = 'recovered'
 elseif count >= max then
   reason = 'max_messages'
+elseif size >= tonumber(ARGV[9]) then
+  reason = 'max_bytes'
 elseif deadline >= opened + tonumber(ARGV[6]) then
   reason = 'max_wait'
 end
@@ -73,11 +77,16 @@ if count > max then
   if #extra >= max then
     next_deadline = now
   end
-  redis.call('HSET', KEYS[3], 'opened', now, 'last', now)
+  local extra_bytes = 0
+  for i = 1, #extra do
+    -- stored items are "<received_ms>\t<json>"; the size counts the json
+    extra_bytes = extra_bytes + string.len(extra[i]) - string.find(extra[i], '\t', 1, true)
+  end
+  redis.call('HSET', KEYS[3], 'opened', now, 'last', now, 'bytes', extra_bytes)
   redis.call('SET', KEYS[2], '1', 'PX', math.max(next_deadline - now, 1))
   redis.call('ZADD', KEYS[4], next_deadline, chat)
 else
-  redis.call('HDEL', KEYS[3], 'opened', 'last')
+  redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes')
   redis.call('ZREM', KEYS[4], chat)
 end
 

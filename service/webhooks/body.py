@@ -9,6 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# Meta documents up to 1000 updates per webhook POST.
+MAX_MESSAGES_PER_POST = 1000
 RETRY_AFTER_S = "5"
 
 

@@ -16,11 +16,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..appstate import app_state
-from ..errors import InvalidMessage, RedisUnavailable
+from ..errors import InvalidMessage, MessageTooLarge, RedisUnavailable
 from ..models import MAX_DATA_DEPTH, Message, nesting_exceeds
-from .body import BodyTooLarge, error, parse_json, read_body, too_large, unavailable
+from .body import (
+    MAX_MESSAGES_PER_POST,
+    BodyTooLarge,
+    error,
+    parse_json,
+    read_body,
+    too_large,
+    unavailable,
+)
 
-MAX_MESSAGES_PER_POST = 1000
 MAX_TEXT_CHARS = 64 * 1024
 
 
@@ -90,6 +97,10 @@ async def post_messages(request: Request) -> Response:
     ]
     try:
         results = await state.batcher.add_many(items)
+    except MessageTooLarge as exc:
+        stats.requests.labels("generic", "413").inc()
+        stats.messages.labels("api", "rejected").inc(len(items))
+        return error(413, str(exc))
     except InvalidMessage as exc:
         stats.requests.labels("generic", "422").inc()
         return JSONResponse(

@@ -14,8 +14,16 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from ..appstate import app_state
-from ..errors import InvalidMessage, RedisUnavailable
-from .body import BodyTooLarge, error, parse_json, read_body, too_large, unavailable
+from ..errors import InvalidMessage, MessageTooLarge, RedisUnavailable
+from .body import (
+    MAX_MESSAGES_PER_POST,
+    BodyTooLarge,
+    error,
+    parse_json,
+    read_body,
+    too_large,
+    unavailable,
+)
 from .whatsapp_payload import MalformedPayload, parse_webhook, signature_valid
 
 ENDPOINT = "whatsapp"
@@ -63,9 +71,15 @@ async def receive(request: Request) -> Response:
         stats.messages.labels(ENDPOINT, "skipped").inc(parsed.skipped)
     if parsed.errors:
         stats.messages.labels(ENDPOINT, "error").inc(parsed.errors)
+    if len(parsed.messages) > MAX_MESSAGES_PER_POST:
+        stats.messages.labels(ENDPOINT, "rejected").inc(len(parsed.messages))
+        return answer(413, error(413, f"more than {MAX_MESSAGES_PER_POST} messages in one request"))
     if parsed.messages:
         try:
             results = await state.batcher.add_many(parsed.messages)
+        except MessageTooLarge as exc:
+            stats.messages.labels(ENDPOINT, "rejected").inc(len(parsed.messages))
+            return answer(413, error(413, str(exc)))
         except InvalidMessage as exc:
             return answer(400, error(400, str(exc)))
         except RedisUnavailable as exc:
