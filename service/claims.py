@@ -113,13 +113,18 @@ class Delivery:
             self.stats.record_lag(lag_ms)
             heartbeat = asyncio.create_task(self._heartbeat(ck, batch, token))
             error: str | None = None
+            deadline = asyncio.timeout(s.handler_timeout_ms / 1000)
             try:
-                await self.handler(batch)
+                async with deadline:
+                    await self.handler(batch)
             except asyncio.CancelledError:
                 await self._release(ck, batch, token)
                 raise
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"[:2000]
+                if isinstance(exc, TimeoutError) and deadline.expired():
+                    error = f"TimeoutError: handler still running after {s.handler_timeout_ms} ms"
+                else:
+                    error = f"{type(exc).__name__}: {exc}"[:2000]
             finally:
                 heartbeat.cancel()
             took_ms = (time.time() - started) * 1000

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 
 from .bench_cli import add_bench_parser, run_bench
+from .checks import ensure_ready
 from .connections import create_redis
 from .console import setup_logging
 from .dead import add_dead_parser, run_dead
@@ -33,10 +34,11 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        lines = [
-            f"  BATCHER_{'_'.join(map(str, e['loc'])).upper() or '?'}: {e['msg']}"
-            for e in exc.errors()
-        ]
+        lines = []
+        for e in exc.errors():
+            name = "_".join(map(str, e["loc"])).upper()
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            lines.append(f"  BATCHER_{name}: {msg}" if name else f"  {msg}")
         raise SystemExit("invalid configuration:\n" + "\n".join(lines)) from None
 
 
@@ -68,6 +70,12 @@ def redis_url_for(settings: Settings) -> Iterator[str]:
         server.stop()
 
 
+async def _preflight(url: str, settings: Settings) -> None:
+    """The start-up checks, before uvicorn: a refusal is a clear error, exit 2."""
+    async with redis_client(url) as redis:
+        await ensure_ready(redis, settings)
+
+
 def serve(settings: Settings, url: str) -> None:
     """The HTTP app under uvicorn (uvloop and httptools when installed)."""
     import uvicorn
@@ -75,6 +83,7 @@ def serve(settings: Settings, url: str) -> None:
     from .app import create_app
 
     settings = settings.model_copy(update={"redis_url": SecretStr(url)})
+    asyncio.run(_preflight(url, settings))
     app = create_app(settings)
     emit(
         log,

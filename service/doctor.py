@@ -81,10 +81,12 @@ async def check_permissions(redis: Redis, settings: Settings) -> Check:
     pubsub = redis.pubsub()
     try:
         await pubsub.subscribe("__keyevent@0__:expired")
+        await pubsub.get_message(timeout=1.0)  # the confirmation, or the refusal
     except ResponseError:
         refused.append("SUBSCRIBE __keyevent@*__:expired")
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(RedisError):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
     if refused:
         return Check(
             "permissions",

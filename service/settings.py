@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     forward_timeout_ms: int = Field(
         default=10_000, gt=0, description="A forward without a response by then is retried."
     )
+    handler_timeout_ms: int = Field(
+        default=300_000,
+        gt=0,
+        description="A handler still running after this is cancelled and the batch retried.",
+    )
     lease_ms: int = Field(
         default=60_000, gt=0, description="A claimed batch is redelivered after this."
     )

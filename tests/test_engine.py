@@ -243,3 +243,20 @@ async def test_index_is_empty_once_everything_is_delivered(
         assert await redis_client.zcard(bk.inflight) == 0
     async for key in redis_client.scan_iter(match=engine.keys.pattern()):
         assert b":buf:" not in key and b":proc:" not in key and b":timer:" not in key
+
+
+async def test_a_hung_handler_times_out_and_is_retried(redis_url: str) -> None:
+    calls: list[int] = []
+    collector = Collector()
+
+    async def handler(batch: Batch) -> None:
+        calls.append(batch.attempt)
+        if batch.attempt == 1:
+            await asyncio.Event().wait()  # never returns
+        await collector(batch)
+
+    async with running_engine(redis_url, handler, handler_timeout_ms=200) as engine:
+        await engine.add("c", "hello")
+        await collector.wait_messages(1, timeout_s=5)
+    assert calls == [1, 2]
+    assert collector.batches[0].attempt == 2
