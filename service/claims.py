@@ -83,7 +83,7 @@ class Delivery:
         ck = self.keys.chat(chat_id)
         token = new_id()
         raw = await self.scripts.run(self.scripts.redeliver_call(ck, batch_id, token))
-        got = Scripts.parse_redeliver(raw)
+        got = Scripts.parse_claim(raw)
         if isinstance(got, Skipped):
             return
         self.stats.redelivered += 1

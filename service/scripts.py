@@ -240,6 +240,7 @@ class Scripts:
 
     @staticmethod
     def parse_claim(raw: Any) -> Claimed | Skipped:
+        """The reply of ``claim`` and of ``redeliver`` (same shape)."""
         if int(raw[0]) != 1:
             return Skipped(int(raw[0]))
         return Claimed(
@@ -248,8 +249,8 @@ class Scripts:
             closed_ms=int(raw[3]),
             deadline_ms=int(raw[4]),
             reason=_text(raw[5]),
-            attempt=1,
-            items=list(raw[6]),
+            attempt=int(raw[6]),
+            items=list(raw[7]),
         )
 
     def ack_call(self, ck: ChatKeys, batch_id: str) -> Call:
@@ -311,20 +312,6 @@ class Scripts:
             REDELIVER,
             (ck.meta, b.inflight, self.keys.proc(b.bucket, batch_id)),
             (ck.chat_id, batch_id, token, self.settings.lease_ms),
-        )
-
-    @staticmethod
-    def parse_redeliver(raw: Any) -> Claimed | Skipped:
-        if int(raw[0]) != 1:
-            return Skipped(int(raw[0]))
-        return Claimed(
-            seq=int(raw[1]),
-            opened_ms=int(raw[2]),
-            closed_ms=int(raw[3]),
-            deadline_ms=int(raw[4]),
-            reason=_text(raw[5]),
-            attempt=int(raw[6]),
-            items=list(raw[7]),
         )
 
     def nudge_call(self, bk: BucketKeys, *, limit: int) -> Call:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from service.connections import create_redis
@@ -80,6 +80,15 @@ async def running_engine(redis_url: str, handler: Any, **overrides: Any) -> Asyn
     finally:
         await engine.stop()
         await client.aclose()
+
+
+async def poll(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    """Poll a server-side state that no event announces (an async check)."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("server-side condition not met in time")
+        await asyncio.sleep(0.01)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:

@@ -10,7 +10,7 @@ from service.connections import create_redis
 from service.errors import RedisUnavailable
 from service.models import Message
 
-from .helpers import fast_settings
+from .helpers import fast_settings, poll
 
 
 async def test_ack_waits_for_the_replica(redis_factory) -> None:  # type: ignore[no-untyped-def]
@@ -24,7 +24,7 @@ async def test_ack_waits_for_the_replica(redis_factory) -> None:  # type: ignore
             info = await r.info("replication")
             return bool(info.get("master_link_status") == "up")
 
-        await wait_until_async(linked)
+        await poll(linked)
         batcher = Batcher(p, fast_settings(primary.url, ack_replicas=1, ack_timeout_ms=2000))
         for i in range(50):
             await batcher.add("chat", Message(id=str(i), text=f"m{i}"))
@@ -37,7 +37,7 @@ async def test_ack_waits_for_the_replica(redis_factory) -> None:  # type: ignore
             await slow.add("chat", Message(id="late", text="not acknowledged"))
         # not acknowledged means the sender retries; the retry is a duplicate, not a loss
         replica.start()
-        await wait_until_async(linked)
+        await poll(linked)
         again = await slow.add("chat", Message(id="late", text="not acknowledged"))
         assert again.duplicate
     finally:
@@ -50,14 +50,3 @@ async def test_without_replicas_setting_nothing_waits(redis_url: str, redis_clie
     assert (await batcher.add("c", "x")).accepted
     info = await redis_client.info("commandstats")
     assert "cmdstat_wait" not in info
-
-
-async def wait_until_async(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.02)

@@ -17,7 +17,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import redis as sync_redis
 from redis.asyncio import Redis
@@ -25,22 +25,13 @@ from redis.asyncio import Redis
 from service.embedded import RedisServer
 from service.engine import Engine
 from service.models import Message
-from tests.helpers import Collector, running_engine, wait_until
+from tests.helpers import Collector, poll, running_engine, wait_until
 
 CHANNEL = b"__keyevent@0__:expired"
 Factory = Callable[..., RedisServer]  # the redis_factory fixture
 
 
 # --- helpers -----------------------------------------------------------------
-
-
-async def poll(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """Poll a server-side state that no event announces."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("server-side condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def msg(chat: str, i: int) -> Message:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,14 @@ from service.errors import RedisUnavailable
 from service.models import Batch, Message
 from service.scripts import APPEND
 from service.settings import Settings
-from tests.helpers import Collector, app_client, fast_settings, running_engine, wait_until
+from tests.helpers import (
+    Collector,
+    app_client,
+    fast_settings,
+    poll,
+    running_engine,
+    wait_until,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().with_name("worker_proc.py")
@@ -41,15 +48,6 @@ Factory = Callable[..., RedisServer]  # the redis_factory fixture
 
 
 # --- helpers -----------------------------------------------------------------
-
-
-async def poll(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """Poll a server-side state that no event announces."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("server-side condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def msg(chat: str, i: int) -> Message:

@@ -17,7 +17,7 @@
 -- ARGV[8] = "1" when the sweeper recovers the chat, else "0"
 -- ARGV[9] = max_batch_bytes
 -- Returns one of:
---   {1, seq, opened_ms, closed_ms, deadline_ms, reason, {items}}  claimed
+--   {1, seq, opened_ms, closed_ms, deadline_ms, reason, attempt, {items}}  claimed
 --   {2}          the timer runs again (a new message arrived): not idle
 --   {3}          nothing due: another caller claimed it, or no open batch
 --   {4, lease}   the chat has a batch in flight; this one waits for its ack
@@ -95,4 +95,4 @@ redis.call('HSET', KEYS[3], 'batch', ARGV[2], 'token', ARGV[7], 'attempt', 1,
   'bseq', seq, 'bopened', opened, 'bclosed', now, 'bdeadline', deadline, 'breason', reason)
 redis.call('HDEL', KEYS[3], 'error')
 redis.call('ZADD', KEYS[5], now + tonumber(ARGV[3]), chat)
-return {1, seq, opened, now, deadline, reason, redis.call('LRANGE', KEYS[6], 0, -1)}
+return {1, seq, opened, now, deadline, reason, 1, redis.call('LRANGE', KEYS[6], 0, -1)}
