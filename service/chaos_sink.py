@@ -91,6 +91,7 @@ class ChaosSink:
             access_log=False,
             timeout_graceful_shutdown=1,
             backlog=2048,
+            interface="asgi3",
         )
         self._server = server = _Server(config)
         self._task = task = asyncio.create_task(server.serve(sockets=[sock]), name="sink")

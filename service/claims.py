@@ -104,14 +104,25 @@ class Delivery:
     async def deliver(self, ck: ChatKeys, batch: Batch, token: str) -> bool:
         """Run the handler until the batch is acked, dead or lost.
 
-        Returns True when the chat's next batch is due now.
+        Returns True when the chat's next batch is due now. If anything
+        unexpected breaks off the delivery, the lease is handed back at once
+        so that the sweeper redelivers the batch instead of waiting it out.
         """
+        try:
+            return await self._deliver(ck, batch, token)
+        except Exception:
+            await self._release(ck, batch, token)
+            raise
+
+    async def _deliver(self, ck: ChatKeys, batch: Batch, token: str) -> bool:
         s = self.settings
         while True:
             started = time.time()
             lag_ms = (started - batch.deadline_at) * 1000
             self.stats.record_lag(lag_ms)
-            heartbeat = asyncio.create_task(self._heartbeat(ck, batch, token))
+            beating = asyncio.Event()
+            beating.set()
+            heartbeat = asyncio.create_task(self._heartbeat(ck, batch, token, beating))
             error: str | None = None
             deadline = asyncio.timeout(s.handler_timeout_ms / 1000)
             try:
@@ -126,7 +137,7 @@ class Delivery:
                 else:
                     error = f"{type(exc).__name__}: {exc}"[:2000]
             finally:
-                heartbeat.cancel()
+                await _stop_heartbeat(heartbeat, beating)
             took_ms = (time.time() - started) * 1000
             self.stats.handler_seconds.observe(took_ms / 1000)
 
@@ -189,13 +200,19 @@ class Delivery:
         ceiling = min(s.retry_max_ms, s.retry_base_ms * 2 ** min(attempt - 1, 30))
         return int(ceiling / 2 + random.uniform(0, ceiling / 2))
 
-    async def _heartbeat(self, ck: ChatKeys, batch: Batch, token: str) -> None:
+    async def _heartbeat(
+        self, ck: ChatKeys, batch: Batch, token: str, beating: asyncio.Event
+    ) -> None:
+        """Renew the lease while ``beating`` is set (checked around every
+        renewal: a cancel() that lands inside a redis-py call can be lost)."""
         period = self.settings.lease_ms / 3 / 1000
         call = self.scripts.lease_call(
             ck, batch.batch_id, token, lease_ms=self.settings.lease_ms, next_attempt=False
         )
-        while True:
+        while beating.is_set():
             await asyncio.sleep(period)
+            if not beating.is_set():
+                return
             try:
                 if int(await self.scripts.run(call)) == 0:
                     emit(log, "lease_lost", chat=batch.chat_id, batch=batch.batch_id)
@@ -226,6 +243,13 @@ async def retry_redis(fn: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
             emit(log, "redis_retry", retry_in_ms=int(delay * 1000), error=str(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def _stop_heartbeat(task: asyncio.Task[None], beating: asyncio.Event) -> None:
+    beating.clear()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+        await task
 
 
 def _batch(batch_id: str, chat_id: str, got: Claimed) -> Batch:

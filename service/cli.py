@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 
 from .bench_cli import add_bench_parser, run_bench
+from .chaos import add_chaos_parser, run_chaos
 from .checks import ensure_ready
 from .connections import create_redis
 from .console import setup_logging
@@ -129,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_watch_parser(sub)
     add_demo_parser(sub)
     add_bench_parser(sub)
+    add_chaos_parser(sub)
     args = parser.parse_args(argv)
     settings = load_settings()
     if args.command == "bench":
@@ -147,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 serve(settings, url)
         elif args.command == "bench":
             sys.exit(run_bench(args))
+        elif args.command == "chaos":
+            sys.exit(run_chaos(args))
         elif args.command == "dead":
             sys.exit(run_dead(args, settings))
         elif args.command == "watch":

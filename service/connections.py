@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 try:  # redis-py >= 7
     from redis.maint_notifications import MaintNotificationsConfig
@@ -12,6 +14,27 @@ except ImportError:  # pragma: no cover - older redis-py
     MaintNotificationsConfig = None  # type: ignore[assignment,misc]
 
 CONNECT_TIMEOUT_S = 5.0
+# Above CLIENT PAUSE and WAIT durations one expects; bounds a half-open socket.
+SOCKET_TIMEOUT_S = 10.0
+
+
+class _ClosedTransportIsConnectionError(AbstractConnection):
+    """uvloop reports a write on a transport that died as ``RuntimeError``
+    ("the handler is closed"); redis-py lets it through. Make it the
+    ``ConnectionError`` it is, so that callers retry or answer 503."""
+
+    async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().send_packed_command(*args, **kwargs)
+        except RuntimeError as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"connection lost: {exc}") from exc
+
+
+def _hardened(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    if issubclass(cls, _ClosedTransportIsConnectionError):
+        return cls
+    return type(f"Hardened{cls.__name__}", (_ClosedTransportIsConnectionError, cls), {})
 
 
 def create_redis(url: str, **overrides: Any) -> Redis:
@@ -23,13 +46,19 @@ def create_redis(url: str, **overrides: Any) -> Redis:
     - Maintenance notifications off: with them on ("auto"), redis-py 8.1's
       pool skips its stale-connection check, and after a Redis restart every
       pooled connection fails once before it is replaced.
-    - A connect timeout, so an unreachable host fails fast.
+    - Connect and socket timeouts, set explicitly (older redis-py had none):
+      an unreachable host fails fast and a half-open socket does not hang.
+    - Writes on a dead uvloop transport surface as ``ConnectionError``.
     """
     kwargs: dict[str, Any] = {
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": SOCKET_TIMEOUT_S,
         "socket_keepalive": True,
     }
     if MaintNotificationsConfig is not None:
         kwargs["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     kwargs.update(overrides)
-    return Redis.from_url(url, **kwargs)
+    client = Redis.from_url(url, **kwargs)
+    pool = client.connection_pool
+    pool.connection_class = _hardened(pool.connection_class)
+    return client

@@ -177,3 +177,4 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("service").setLevel((service_level or level).upper())
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per forward is noise

@@ -128,6 +128,12 @@ class Engine:
     def healthy(self) -> bool:
         return self.listener is not None and self.listener.healthy()
 
+    def stopped_loops(self) -> list[str]:
+        """Background tasks that ended while the engine runs (should be none)."""
+        if self.stopping.is_set():
+            return []
+        return [t.get_name() for t in self._tasks + self._workers if t.done()]
+
     # --- work ---------------------------------------------------------------
 
     def submit_claim(self, chat_id: str, recovered: bool = False) -> None:

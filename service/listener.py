@@ -92,7 +92,9 @@ class Listener:
                 async with asyncio.timeout(self.dead_s):
                     await pubsub.subscribe(self.channel)
                 await self._read(pubsub)
-            except (RedisError, OSError, ListenerDead, TimeoutError) as exc:
+            except Exception as exc:  # any failure: reconnect (and sweep) rather than die
+                if not isinstance(exc, (RedisError, OSError, ListenerDead, TimeoutError)):
+                    log.exception("listener failed unexpectedly")
                 if not self.stop.is_set():
                     emit(
                         log,

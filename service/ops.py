@@ -39,6 +39,7 @@ async def readyz(request: Request) -> Response:
         reasons.append("listener silent beyond its liveness bound")
     if engine.stopping.is_set():
         reasons.append("shutting down")
+    reasons.extend(f"background loop stopped: {name}" for name in engine.stopped_loops())
     if reasons:
         return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
     return JSONResponse({"ready": True})

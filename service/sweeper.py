@@ -48,6 +48,9 @@ class Nudger:
             except (RedisError, OSError) as exc:
                 log.debug("nudge failed: %s", exc)
                 await sleep_or_stop(self.stop, 0.5)
+            except Exception:  # a background loop logs and carries on
+                log.exception("nudge failed")
+                await sleep_or_stop(self.stop, 0.5)
             await sleep_or_stop(self.stop, self.interval_s)
 
 
