@@ -61,7 +61,6 @@ async def nothing(batch: Batch) -> None:
     return None
 
 
-
 def test_connection_resets_leave_every_background_loop_running(
     redis_factory: Callable[..., RedisServer],
 ) -> None:
@@ -88,7 +87,6 @@ def test_connection_resets_leave_every_background_loop_running(
 
     ended = uvloop.run(scenario())
     assert ended == [], ended
-
 
 
 async def test_a_batch_its_worker_gave_up_on_is_redelivered(
