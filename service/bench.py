@@ -1,9 +1,10 @@
-"""``batcher bench``: figures measured side by side in one run.
+"""``batcher bench``: what every scenario shares.
 
-``lag``: flush lag (batch deadline -> handler start) for N open batches whose
-deadlines are spread evenly over a window, with the nudger and sweeper on
-(the service as shipped) and with events alone (what Redis's expiry gives by
-itself). ``idle``: Redis CPU of a running engine with nothing due.
+Each scenario (``bench_<name>.py``) measures the service and, in the same
+run on the same server, the baseline it is compared with, so a ratio holds
+even on a noisy machine. This module holds the pieces they share: a server
+of their own (the repo's ``redis.conf``) unless ``--redis-url`` is given,
+percentiles, Redis CPU and command counters, pacing, tables and JSON output.
 """
 
 from __future__ import annotations
@@ -11,59 +12,111 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import SecretStr
+from redis.asyncio import Redis
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from .connections import create_redis
 from .embedded import RedisServer
 from .engine import Engine
-from .models import Batch, Message
+from .handlers import Handler
 from .settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass
 class LagResult:
+    """One lag run: ``n`` open batches, how many were delivered, how late.
+
+    ``late``: not delivered within the wait but still stored (it would go
+    out later); ``lost``: not delivered and gone from Redis for good.
+    """
+
     variant: str
     n: int
     delivered: int
     lost: int
+    mean_ms: float
     p50_ms: float
     p90_ms: float
     p99_ms: float
     max_ms: float
+    seconds: float = 0.0  # wall time of the run
+    late: int = 0
+    # Evidence that the variant is what it claims to be (TTLs seen, scripts
+    # run, nudges, polls...) and a breakdown of ``lost``.
+    checks: dict[str, Any] = field(default_factory=dict)
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float, *, ordered: bool = False) -> float:
+    """Nearest-rank percentile (``q`` in 0..1); NaN if there are no values."""
     if not values:
         return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    data = values if ordered else sorted(values)
+    return data[min(len(data) - 1, max(0, math.ceil(q * len(data)) - 1))]
+
+
+def lag_result(
+    variant: str,
+    n: int,
+    lags: Sequence[float],
+    seconds: float,
+    checks: dict[str, Any],
+    *,
+    late: int = 0,
+) -> LagResult:
+    ordered = sorted(lags)
+
+    def pct(q: float) -> float:
+        return round(percentile(ordered, q, ordered=True), 1)
+
+    mean = round(sum(ordered) / len(ordered), 1) if ordered else float("nan")
+    return LagResult(
+        variant,
+        n,
+        len(ordered),
+        n - len(ordered) - late,
+        mean,
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        round(ordered[-1], 1) if ordered else float("nan"),
+        seconds=round(seconds, 1),
+        late=late,
+        checks=checks,
+    )
 
 
 @contextlib.contextmanager
 def bench_server(redis_url: str | None) -> Iterator[str]:
+    """``redis_url``, or a fresh server with the repo's redis.conf for the run."""
     if redis_url:
         yield redis_url
         return
-    with tempfile.TemporaryDirectory(prefix="batcher-bench-") as tmp:
-        server = RedisServer(data_dir=Path(tmp))
-        with server:
-            yield server.url
+    with (
+        tempfile.TemporaryDirectory(prefix="batcher-bench-") as tmp,
+        RedisServer(data_dir=Path(tmp)) as server,
+    ):
+        yield server.url
 
 
 @contextlib.asynccontextmanager
-async def engine_on(url: str, settings: Settings, handler: Any) -> AsyncIterator[Engine]:
+async def engine_on(
+    url: str, settings: Settings, handler: Handler, *, flush: bool = True
+) -> AsyncIterator[Engine]:
+    """A started engine on its own client (the database flushed first)."""
     client = create_redis(url)
-    await client.flushdb()
+    if flush:
+        await client.flushdb()
     engine = Engine(client, settings, handler, shutdown_timeout_s=1)
     await engine.start()
     try:
@@ -73,133 +126,112 @@ async def engine_on(url: str, settings: Settings, handler: Any) -> AsyncIterator
         await client.aclose()
 
 
-async def measure_lag(
-    url: str,
-    variant: str,
-    n: int,
-    window_s: float,
-    idle_ms: int,
-    progress: Progress,
-) -> LagResult:
-    """Open ``n`` batches over ``window_s`` (deadlines spread evenly), wait
-    for every flush, and return the lag distribution."""
-    on = variant == "service"
-    settings = Settings(
-        redis_url=SecretStr(url),
-        idle_ms=idle_ms,
-        max_wait_ms=idle_ms * 10,
-        nudge_interval_ms=10 if on else 3_600_000,
-        sweep_interval_ms=1_000 if on else 3_600_000,
-        sweep_grace_ms=1_000 if on else 3_600_000,
-        concurrency=64,
-    )
-    lags: list[float] = []
-    done = asyncio.Event()
-
-    async def handler(batch: Batch) -> None:
-        lags.append((time.time() - batch.deadline_at) * 1000)
-        if len(lags) >= n:
-            done.set()
-
-    task = progress.add_task(f"{variant}: {n} batches", total=n)
-    async with engine_on(url, settings, handler) as engine:
-        chunk = max(1, n // max(1, int(window_s * 20)))  # ~20 appends per second of window
-        start = time.monotonic()
-        for i in range(0, n, chunk):
-            items: list[tuple[str, Message | str]] = [
-                (f"bench-{j}", Message(id=str(j), text="x" * 40))
-                for j in range(i, min(n, i + chunk))
-            ]
-            await engine.batcher.add_many(items)
-            target = start + window_s * (i + chunk) / n
-            await asyncio.sleep(max(0.0, target - time.monotonic()))
-        deadline_wait = idle_ms / 1000 + 60
-        t0 = time.monotonic()
-        while not done.is_set() and time.monotonic() - t0 < deadline_wait:
-            progress.update(task, completed=len(lags))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), 0.2)
-        progress.update(task, completed=len(lags))
-    return LagResult(
-        variant,
-        n,
-        len(lags),
-        n - len(lags),
-        round(percentile(lags, 0.5), 1),
-        round(percentile(lags, 0.9), 1),
-        round(percentile(lags, 0.99), 1),
-        round(max(lags, default=float("nan")), 1),
-    )
+async def redis_cpu_s(client: Redis) -> float:
+    """CPU seconds (user + sys) the server has used since it started."""
+    info = await client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-async def run_lag(
-    ns: list[int], window_s: float, idle_ms: int, redis_url: str | None, console: Console
-) -> list[LagResult]:
-    results: list[LagResult] = []
-    with bench_server(redis_url) as url, Progress(console=console, transient=True) as progress:
-        for n in ns:
-            for variant in ("service", "events-only"):
-                results.append(await measure_lag(url, variant, n, window_s, idle_ms, progress))
-    table = Table(title="flush lag: batch deadline -> handler start (ms)")
-    for col in ("variant", "open batches", "delivered", "lost", "p50", "p90", "p99", "max"):
-        table.add_column(col, justify="right" if col != "variant" else "left")
-    for r in results:
-        table.add_row(
-            r.variant,
-            str(r.n),
-            str(r.delivered),
-            str(r.lost),
-            str(r.p50_ms),
-            str(r.p90_ms),
-            str(r.p99_ms),
-            str(r.max_ms),
-        )
-    console.print(table)
-    console.print(
-        "service = nudger + sweeper on (as shipped); events-only = the keyspace event alone, "
-        "nudger and sweeper off; same server, same run."
-    )
-    return results
+async def script_calls(client: Redis) -> int:
+    """Scripts run so far (EVAL, EVALSHA and their _RO forms, FCALL)."""
+    stats = await client.info("commandstats")
+    names = ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro")
+    return sum(int(stats.get(f"cmdstat_{n}", {}).get("calls", 0)) for n in names)
 
 
-async def run_idle(
-    open_batches: int, seconds: float, redis_url: str | None, console: Console
-) -> dict[str, float]:
-    """Redis CPU (percent of one core) of an engine with nothing due."""
-    out: dict[str, float] = {}
-    with bench_server(redis_url) as url:
-        client = create_redis(url)
+async def command_calls(client: Redis, name: str) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
 
-        async def cpu() -> float:
-            info = await client.info("cpu")
-            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
-        await client.flushdb()
-        c0 = await cpu()
-        await asyncio.sleep(seconds)
-        out["no engine"] = (await cpu() - c0) / seconds * 100
-        settings = Settings(redis_url=SecretStr(url), idle_ms=3_600_000, max_wait_ms=7_200_000)
+async def used_memory(client: Redis) -> int:
+    info = await client.info("memory")
+    return int(info["used_memory"])
 
-        async def ignore(batch: Batch) -> None:
-            return None
 
-        async with engine_on(url, settings, ignore) as engine:
-            for i in range(0, open_batches, 1000):
-                chunk: list[tuple[str, Message | str]] = [
-                    (f"idle-{j}", "x" * 40) for j in range(i, min(open_batches, i + 1000))
-                ]
-                await engine.batcher.add_many(chunk)
-            c0 = await cpu()
-            await asyncio.sleep(seconds)
-            out[f"engine, {open_batches} open batches"] = (await cpu() - c0) / seconds * 100
-        await client.aclose()
-    table = Table(title=f"Redis CPU over {seconds:.0f} s (% of one core)")
-    table.add_column("state")
-    table.add_column("cpu %", justify="right")
-    for k, v in out.items():
-        table.add_row(k, f"{v:.2f}")
-    console.print(table)
+async def server_config(client: Redis, *names: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in names:
+        got = await client.config_get(name)
+        out[name] = str(next(iter(got.values()), ""))
     return out
+
+
+async def paced(
+    n: int, window_s: float, send: Callable[[int, int], Awaitable[None]], *, per_s: int = 20
+) -> float:
+    """Call ``send(lo, hi)`` over ``range(n)`` in chunks, spread evenly over
+    ``window_s`` (``per_s`` chunks a second); returns the seconds it took."""
+    chunk = max(1, math.ceil(n / max(1.0, window_s * per_s)))
+    start = time.monotonic()
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        await send(lo, hi)
+        target = start + window_s * hi / n
+        await asyncio.sleep(max(0.0, target - time.monotonic()))
+    return time.monotonic() - start
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout_s: float, tick: Callable[[], None] | None = None
+) -> bool:
+    """Poll ``predicate`` every 50 ms for up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if tick is not None:
+            tick()
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    if tick is not None:
+        tick()
+    return True
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
+    """A rich table; the first column left-aligned, the others right-aligned."""
+    t = Table(title=title)
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*(fmt(v) for v in row))
+    return t
+
+
+def fmt(value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def ratio(value: float, base: float) -> str:
+    if not base or math.isnan(base) or math.isnan(value):
+        return "-"
+    return f"{value / base:.0%}"
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is installed, as ``batcher serve`` does
+    (uvicorn's ``loop="auto"``), else on asyncio's own loop."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def loop_name() -> str:
+    return "uvloop" if loop_factory() is not None else "asyncio"
 
 
 def write_json(path: str | None, payload: Any) -> None:
@@ -207,16 +239,5 @@ def write_json(path: str | None, payload: Any) -> None:
         Path(path).write_text(json.dumps(payload, indent=2, default=str))
 
 
-def lag_main(
-    ns: list[int], window_s: float, idle_ms: int, redis_url: str | None, json_path: str | None
-) -> None:
-    console = Console()
-    results = asyncio.run(run_lag(ns, window_s, idle_ms, redis_url, console))
-    write_json(json_path, [asdict(r) for r in results])
-
-
-def idle_main(
-    open_batches: int, seconds: float, redis_url: str | None, json_path: str | None
-) -> None:
-    console = Console()
-    write_json(json_path, asyncio.run(run_idle(open_batches, seconds, redis_url, console)))
+def note(console: Console, text: str) -> None:
+    console.print(f"[dim]{text}[/]")
