@@ -25,7 +25,7 @@ from .handlers import Handler
 from .keys import ChatKeys
 from .loops import sleep_or_stop
 from .models import Batch, order_messages
-from .scripts import Call, Claimed, Scripts, Skipped
+from .scripts import Call, Claimed, ClaimOutcome, Scripts, Skipped
 from .settings import Settings
 from .stats import Stats
 
@@ -57,7 +57,7 @@ class Delivery:
         while True:
             batch_id, token = new_id(), new_id()
             call = self.scripts.claim_call(ck, batch_id, token, recovered=recovered)
-            got = Scripts.parse_claim(await self.scripts.run(call))
+            got = await self._claim(ck, call, batch_id, token)
             if isinstance(got, Skipped):
                 return
             if recovered:
@@ -77,6 +77,34 @@ class Delivery:
             if not await self.deliver(ck, batch, token):
                 return
             recovered = False
+
+    async def _claim(
+        self, ck: ChatKeys, call: Call, batch_id: str, token: str
+    ) -> Claimed | Skipped:
+        """Run the claim; if its reply is lost, find out whether it happened.
+
+        A claim that ran but whose reply never came back would hold the batch
+        for a whole lease. Once Redis answers again: if the chat's in-flight
+        batch is ours, hand its lease back (the next sweep redelivers it, same
+        batch id); otherwise the claim did not run, so run it again.
+        """
+        try:
+            return Scripts.parse_claim(await self.scripts.run(call))
+        except (RedisError, OSError):
+            if self.stop.is_set():
+                raise
+
+        async def settle() -> Claimed | Skipped:
+            held = await self.scripts.redis.hmget(ck.meta, ["batch", "token"])
+            if held == [batch_id.encode(), token.encode()]:
+                release = self.scripts.lease_call(
+                    ck, batch_id, token, lease_ms=0, next_attempt=False
+                )
+                await self.scripts.run(release)
+                return Skipped(ClaimOutcome.NOT_DUE)
+            return Scripts.parse_claim(await self.scripts.run(call))
+
+        return await retry_redis(settle, self.stop)
 
     async def redeliver(self, chat_id: str, batch_id: str) -> None:
         """Take over a batch whose lease ran out, then deliver it."""

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.connections import create_redis
@@ -119,7 +120,7 @@ async def test_engine_over_tls(tls_server) -> None:  # type: ignore[no-untyped-d
     url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={ca_crt}"
     collector = Collector()
     async with running_engine(url, collector) as engine:
-        assert engine.redis.connection_pool.connection_class.__name__ == "SSLConnection"
+        assert issubclass(engine.redis.connection_pool.connection_class, SSLConnection)
         for i in range(3):
             await engine.add("tls-chat", f"m{i}")
         await collector.wait_messages(3)
