@@ -208,15 +208,22 @@ async def run_variant(run: Run, variant: str, progress: Progress) -> LagResult:
 async def run_lag(opts: LagOptions, redis_url: str | None, console: Console) -> list[LagResult]:
     results: list[LagResult] = []
     with bench_server(redis_url) as url, Progress(console=console, transient=True) as progress:
-        for n in opts.ns:
-            window = opts.window_s or default_window(n)
-            idle = opts.idle_ms or int(window * 1000) + 2_000
-            run = Run(url, n, window, idle, opts)
-            for variant in opts.variants:
-                result = await run_variant(run, variant, progress)
-                result.checks.update(window_s=window, idle_ms=idle, volatile=opts.volatile)
-                results.append(result)
-                console.print(f"  {variant} n={n:,}: {summary(result)}", highlight=False)
+        client = create_redis(url)
+        saved = await expiry_config(client)  # --hz / --effort are put back afterwards
+        try:
+            for n in opts.ns:
+                window = opts.window_s or default_window(n)
+                idle = opts.idle_ms or int(window * 1000) + 2_000
+                run = Run(url, n, window, idle, opts)
+                for variant in opts.variants:
+                    result = await run_variant(run, variant, progress)
+                    result.checks.update(window_s=window, idle_ms=idle, volatile=opts.volatile)
+                    results.append(result)
+                    console.print(f"  {variant} n={n:,}: {summary(result)}", highlight=False)
+        finally:
+            for name, value in saved.items():
+                await client.config_set(name, value)
+            await client.aclose()
     print_lag(results, opts, console)
     return results
 

@@ -92,6 +92,13 @@ class MemoryResult:
     breakdown: dict[str, float]
 
 
+async def flush(client: Redis) -> None:
+    """FLUSHDB SYNC: with lazy freeing (Valkey 8's default for FLUSHDB) memory
+    is released in the background, and a baseline taken right after an
+    asynchronous flush would still count the previous keys."""
+    await client.execute_command("FLUSHDB", "SYNC")  # type: ignore[no-untyped-call]
+
+
 def settings_for(url: str) -> Settings:
     return Settings(redis_url=SecretStr(url), idle_ms=3_600_000, max_wait_ms=7_200_000)
 
@@ -111,7 +118,7 @@ async def measure_shape(
     payload = sum(len(m.stored_json()) for _, m in sample) / 2
 
     # Baseline: the naive design's storage for the same messages.
-    await client.flushdb()
+    await flush(client)
     base = await used_memory(client)
     for lo in range(0, n, CHUNK):
         pipe = client.pipeline(transaction=False)
@@ -125,9 +132,9 @@ async def measure_shape(
         progress.update(task, advance=min(CHUNK, n - lo))
     naive = await per_batch(client, base, n)
 
-    await client.flushdb()
+    await flush(client)
     await batcher.add_many([shape(n + 1, 0)])  # scripts loaded before the baseline
-    await client.flushdb()
+    await flush(client)
     base = await used_memory(client)
     chats: list[str] = []
     for lo in range(0, n, CHUNK // PER_BATCH):
@@ -193,7 +200,7 @@ async def key_sizes(client: Redis, batcher: Batcher, chats: list[str]) -> dict[s
 
 async def idle_cpu(client: Redis, url: str, n: int, seconds: float) -> dict[str, float]:
     """Redis CPU (% of one core) with ``n`` open batches: no engine, then one."""
-    await client.flushdb()
+    await flush(client)
     batcher = Batcher(client, settings_for(url))
     for lo in range(0, n, CHUNK):
         await batcher.add_many([generic(i, 0) for i in range(lo, min(n, lo + CHUNK))])
@@ -225,7 +232,7 @@ async def run_memory(
                 results.append(await measure_shape(client, url, name, shape, n, progress))
             cpu = await idle_cpu(client, url, n, seconds) if seconds > 0 else {}
         finally:
-            await client.flushdb()
+            await flush(client)
             await client.aclose()
     cols = ("shape", "payload", "naive design", "open", "of it dedupe", "in flight", "after ack")
     rows = [

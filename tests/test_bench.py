@@ -184,3 +184,15 @@ def test_percentile_nearest_rank() -> None:
     assert percentile(values, 0.99) == 99.0
     assert percentile(values[::-1], 1.0) == 100.0
     assert percentile([], 0.5) != percentile([], 0.5)  # NaN
+
+
+async def test_lag_server_knobs_apply_to_the_run_and_are_put_back(redis_url: str) -> None:
+    import redis.asyncio
+
+    opts = LagOptions(
+        ns=(50,), window_s=0.2, idle_ms=400, wait_s=2.0, variants=("events-only",), hz=50
+    )
+    (result,) = await run_lag(opts, redis_url, console())
+    assert result.checks["hz"] == "50" and result.delivered == 50
+    async with redis.asyncio.Redis.from_url(redis_url) as client:
+        assert (await client.config_get("hz"))["hz"] == "10"
