@@ -114,3 +114,47 @@ async def app_client(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://batcher") as client:
             yield client, app.state.batcher.engine
+
+
+def wa_text_payload(messages: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """A WhatsApp Cloud API webhook document of text messages (sender, wamid, text)."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "1",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "metadata": {"phone_number_id": "200"},
+                            "messages": [
+                                {
+                                    "from": sender,
+                                    "id": wamid,
+                                    "timestamp": "1767225600",
+                                    "type": "text",
+                                    "text": {"body": text},
+                                }
+                                for sender, wamid, text in messages
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def assert_exactly_once(collector: Collector, expected: dict[str, list[str]]) -> None:
+    """Every expected message delivered once, in order, in its chat; nothing else.
+    Message ids must start with ``<chat>#``."""
+    assert set(collector.by_chat()) == set(expected)
+    for chat, texts in expected.items():
+        assert collector.texts(chat) == texts, chat
+    ids = [m.id for b in collector.batches for m in b.messages]
+    assert len(ids) == len(set(ids)), "a message was delivered twice"
+    batch_ids = [b.batch_id for b in collector.batches]
+    assert len(batch_ids) == len(set(batch_ids)), "a batch was delivered twice"
+    for b in collector.batches:
+        assert all(m.id.startswith(f"{b.chat_id}#") for m in b.messages), b

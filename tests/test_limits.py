@@ -8,36 +8,11 @@ from redis.asyncio import Redis
 
 from service.models import Message
 
-from .helpers import Collector, app_client, running_engine
+from .helpers import Collector, app_client, running_engine, wa_text_payload
 
 
 def wa_doc(n: int) -> dict[str, object]:
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "1",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "metadata": {"phone_number_id": "200"},
-                            "messages": [
-                                {
-                                    "from": f"1555{i % 7}",
-                                    "id": f"wamid.L{i}",
-                                    "timestamp": "1767225600",
-                                    "type": "text",
-                                    "text": {"body": "hi"},
-                                }
-                                for i in range(n)
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    return wa_text_payload([(f"1555{i % 7}", f"wamid.L{i}", "hi") for i in range(n)])
 
 
 async def test_request_limits(redis_url: str, redis_client: Redis) -> None:

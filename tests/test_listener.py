@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from service.embedded import RedisServer
 from service.engine import Engine
 from service.models import Message
-from tests.helpers import Collector, poll, running_engine, wait_until
+from tests.helpers import Collector, assert_exactly_once, poll, running_engine, wait_until
 
 CHANNEL = b"__keyevent@0__:expired"
 Factory = Callable[..., RedisServer]  # the redis_factory fixture
@@ -47,19 +47,6 @@ async def send(engine: Engine, chats: Iterable[str], per_chat: int) -> dict[str,
             assert result.accepted
             expected.setdefault(chat, []).append(f"{chat}:{i}")
     return expected
-
-
-def assert_exactly_once(collector: Collector, expected: dict[str, list[str]]) -> None:
-    """Every expected message delivered once, in order, in its chat; nothing else."""
-    assert set(collector.by_chat()) == set(expected)
-    for chat, texts in expected.items():
-        assert collector.texts(chat) == texts, chat
-    ids = [m.id for b in collector.batches for m in b.messages]
-    assert len(ids) == len(set(ids)), "a message was delivered twice"
-    batch_ids = [b.batch_id for b in collector.batches]
-    assert len(batch_ids) == len(set(batch_ids)), "a batch was delivered twice"
-    for b in collector.batches:
-        assert all(m.id.startswith(f"{b.chat_id}#") for m in b.messages), b
 
 
 async def assert_drained(client: Redis, engine: Engine) -> None:

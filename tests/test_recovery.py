@@ -36,6 +36,7 @@ from service.settings import Settings
 from tests.helpers import (
     Collector,
     app_client,
+    assert_exactly_once,
     fast_settings,
     poll,
     running_engine,
@@ -76,19 +77,6 @@ async def send_many(
     results = await batcher.add_many(items)
     assert all(r.accepted for r in results)
     return expected, max(r.deadline_ms for r in results)
-
-
-def assert_exactly_once(collector: Collector, expected: dict[str, list[str]]) -> None:
-    """Every expected message delivered once, in order, in its chat; nothing else."""
-    assert set(collector.by_chat()) == set(expected)
-    for chat, texts in expected.items():
-        assert collector.texts(chat) == texts, chat
-    ids = [m.id for b in collector.batches for m in b.messages]
-    assert len(ids) == len(set(ids)), "a message was delivered twice"
-    batch_ids = [b.batch_id for b in collector.batches]
-    assert len(batch_ids) == len(set(batch_ids)), "a batch was delivered twice"
-    for b in collector.batches:
-        assert all(m.id.startswith(f"{b.chat_id}#") for m in b.messages), b
 
 
 async def index_sizes(client: Redis, engine: Engine | Batcher) -> tuple[int, int]:

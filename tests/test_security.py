@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from service.settings import Settings
 
-from .helpers import Collector, app_client, wait_until
+from .helpers import Collector, app_client, wa_text_payload, wait_until
 
 APP_SECRET = "app-secret-4d1b"
 VERIFY_TOKEN = "verify-token-77aa"
@@ -21,32 +21,7 @@ REDIS_PASSWORD = "redis-password-c0ffee"
 
 
 def wa_body(wamid: str, text: str = "hi", sender: str = "15550111111") -> bytes:
-    doc = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "1",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "metadata": {"phone_number_id": "200"},
-                            "messages": [
-                                {
-                                    "from": sender,
-                                    "id": wamid,
-                                    "timestamp": "1767225600",
-                                    "type": "text",
-                                    "text": {"body": text},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    return json.dumps(doc).encode()
+    return json.dumps(wa_text_payload([(sender, wamid, text)])).encode()
 
 
 def sign(body: bytes, secret: str = APP_SECRET) -> dict[str, str]:
