@@ -23,6 +23,7 @@ from .batcher import new_id
 from .events import emit
 from .handlers import Handler
 from .keys import ChatKeys
+from .leases import Lease
 from .loops import sleep_or_stop
 from .models import Batch, order_messages
 from .scripts import Call, Claimed, ClaimOutcome, Scripts, Skipped
@@ -57,7 +58,7 @@ class Delivery:
         while True:
             batch_id, token = new_id(), new_id()
             call = self.scripts.claim_call(ck, batch_id, token, recovered=recovered)
-            got = await self._claim(ck, call, batch_id, token)
+            got, sent_at = await self._claim(ck, call, batch_id, token)
             if isinstance(got, Skipped):
                 return
             if recovered:
@@ -74,35 +75,39 @@ class Delivery:
                 open_ms=got.closed_ms - got.opened_ms,
                 lag_ms=max(0, got.closed_ms - got.deadline_ms),
             )
-            if not await self.deliver(ck, batch, token):
+            if not await self.deliver(ck, batch, token, sent_at):
                 return
             recovered = False
 
     async def _claim(
         self, ck: ChatKeys, call: Call, batch_id: str, token: str
-    ) -> Claimed | Skipped:
+    ) -> tuple[Claimed | Skipped, float]:
         """Run the claim; if its reply is lost, find out whether it happened.
 
         A claim that ran but whose reply never came back would hold the batch
         for a whole lease. Once Redis answers again: if the chat's in-flight
         batch is ours, hand its lease back (the next sweep redelivers it, same
-        batch id); otherwise the claim did not run, so run it again.
+        batch id); otherwise the claim did not run, so run it again. Also
+        returns when the claim that counts was sent (its lease starts later).
         """
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
         try:
-            return Scripts.parse_claim(await self.scripts.run(call))
+            return Scripts.parse_claim(await self.scripts.run(call)), sent_at
         except (RedisError, OSError):
             if self.stop.is_set():
                 raise
 
-        async def settle() -> Claimed | Skipped:
+        async def settle() -> tuple[Claimed | Skipped, float]:
             held = await self.scripts.redis.hmget(ck.meta, ["batch", "token"])
             if held == [batch_id.encode(), token.encode()]:
                 release = self.scripts.lease_call(
                     ck, batch_id, token, lease_ms=0, next_attempt=False
                 )
                 await self.scripts.run(release)
-                return Skipped(ClaimOutcome.NOT_DUE)
-            return Scripts.parse_claim(await self.scripts.run(call))
+                return Skipped(ClaimOutcome.NOT_DUE), sent_at
+            again = loop.time()
+            return Scripts.parse_claim(await self.scripts.run(call)), again
 
         return await retry_redis(settle, self.stop)
 
@@ -110,6 +115,7 @@ class Delivery:
         """Take over a batch whose lease ran out, then deliver it."""
         ck = self.keys.chat(chat_id)
         token = new_id()
+        sent_at = asyncio.get_running_loop().time()
         raw = await self.scripts.run(self.scripts.redeliver_call(ck, batch_id, token))
         got = Scripts.parse_claim(raw)
         if isinstance(got, Skipped):
@@ -124,48 +130,58 @@ class Delivery:
             attempt=batch.attempt,
             why="lease expired",
         )
-        if await self.deliver(ck, batch, token):
+        if await self.deliver(ck, batch, token, sent_at):
             await self.process(chat_id)
 
     # --- one batch ----------------------------------------------------------
 
-    async def deliver(self, ck: ChatKeys, batch: Batch, token: str) -> bool:
+    async def deliver(self, ck: ChatKeys, batch: Batch, token: str, sent_at: float) -> bool:
         """Run the handler until the batch is acked, dead or lost.
 
-        Returns True when the chat's next batch is due now. If anything
+        ``sent_at``: loop time at which the call that leased the batch was
+        sent. Returns True when the chat's next batch is due now. If anything
         unexpected breaks off the delivery, the lease is handed back at once
         so that the sweeper redelivers the batch instead of waiting it out.
         """
         try:
-            return await self._deliver(ck, batch, token)
+            return await self._deliver(ck, batch, token, sent_at)
         except Exception:
             await self._release(ck, batch, token)
             raise
 
-    async def _deliver(self, ck: ChatKeys, batch: Batch, token: str) -> bool:
+    async def _deliver(self, ck: ChatKeys, batch: Batch, token: str, sent_at: float) -> bool:
         s = self.settings
+        loop = asyncio.get_running_loop()
         while True:
             started = time.time()
             lag_ms = (started - batch.deadline_at) * 1000
             self.stats.record_lag(lag_ms)
+            lease = Lease(self.scripts, ck, batch, token, lease_ms=s.lease_ms, sent_at=sent_at)
+            handler_deadline = loop.time() + s.handler_timeout_ms / 1000
+            bound = asyncio.timeout_at(min(handler_deadline, lease.safe_until))
             beating = asyncio.Event()
             beating.set()
-            heartbeat = asyncio.create_task(self._heartbeat(ck, batch, token, beating))
+            heartbeat = asyncio.create_task(lease.keep(bound, handler_deadline, beating))
             error: str | None = None
-            deadline = asyncio.timeout(s.handler_timeout_ms / 1000)
             try:
-                async with deadline:
-                    await self.handler(batch)
+                try:
+                    async with bound:
+                        await self.handler(batch)
+                finally:
+                    await _stop_heartbeat(heartbeat, beating)
             except asyncio.CancelledError:
                 await self._release(ck, batch, token)
                 raise
             except Exception as exc:
-                if isinstance(exc, TimeoutError) and deadline.expired():
-                    error = f"TimeoutError: handler still running after {s.handler_timeout_ms} ms"
+                if isinstance(exc, TimeoutError) and bound.expired():
+                    if lease.broken(loop.time()):
+                        error = "LeaseLost: handler stopped, its lease was lost or not renewed"
+                    else:
+                        error = (
+                            f"TimeoutError: handler still running after {s.handler_timeout_ms} ms"
+                        )
                 else:
                     error = f"{type(exc).__name__}: {exc}"[:2000]
-            finally:
-                await _stop_heartbeat(heartbeat, beating)
             took_ms = (time.time() - started) * 1000
             self.stats.handler_seconds.observe(took_ms / 1000)
 
@@ -214,10 +230,11 @@ class Delivery:
             if await sleep_or_stop(self.stop, backoff_ms / 1000):
                 await self._release(ck, batch, token)
                 return False
-            lease = self.scripts.lease_call(
+            renew = self.scripts.lease_call(
                 ck, batch.batch_id, token, lease_ms=s.lease_ms, next_attempt=True
             )
-            attempt = int(await self._call(lease))
+            sent_at = loop.time()
+            attempt = int(await self._call(renew))
             if attempt == 0:
                 return False
             batch = batch.model_copy(update={"attempt": attempt})
@@ -227,26 +244,6 @@ class Delivery:
         s = self.settings
         ceiling = min(s.retry_max_ms, s.retry_base_ms * 2 ** min(attempt - 1, 30))
         return int(ceiling / 2 + random.uniform(0, ceiling / 2))
-
-    async def _heartbeat(
-        self, ck: ChatKeys, batch: Batch, token: str, beating: asyncio.Event
-    ) -> None:
-        """Renew the lease while ``beating`` is set (checked around every
-        renewal: a cancel() that lands inside a redis-py call can be lost)."""
-        period = self.settings.lease_ms / 3 / 1000
-        call = self.scripts.lease_call(
-            ck, batch.batch_id, token, lease_ms=self.settings.lease_ms, next_attempt=False
-        )
-        while beating.is_set():
-            await asyncio.sleep(period)
-            if not beating.is_set():
-                return
-            try:
-                if int(await self.scripts.run(call)) == 0:
-                    emit(log, "lease_lost", chat=batch.chat_id, batch=batch.batch_id)
-                    return
-            except (RedisError, OSError) as exc:
-                emit(log, "redis_retry", chat=batch.chat_id, error=str(exc))
 
     async def _release(self, ck: ChatKeys, batch: Batch, token: str) -> None:
         """Hand the batch back at shutdown: the next sweep redelivers it."""

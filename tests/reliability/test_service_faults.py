@@ -113,7 +113,7 @@ async def test_a_batch_its_worker_gave_up_on_is_redelivered(
         if c[0].name == "nack" and state["gave_up"] is None and state["calls"] < GIVE_UP_WITHIN:
             await asyncio.sleep(0.02)  # a heartbeat that was really cancelled is gone now
             alive = [
-                t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith("_heartbeat")
+                t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith("Lease.keep")
             ]
             if alive:
                 state["gave_up"] = time.monotonic()

@@ -1,0 +1,93 @@
+"""A claimed batch's lease, as the worker that holds it knows it.
+
+Redis keeps the lease (the chat's score in ``inflight``); once it runs out the
+sweeper hands the batch to another worker, which then owns the chat. So the
+worker must not still be running the handler by then, or the bot would see two
+batches of one chat at once. ``Lease`` tracks, in event-loop time, how long
+the lease is surely held (from the moment the call that set it was *sent*:
+Redis set it later than that, so it lasts at least as long) and bounds the
+handler by it: the heartbeat renews the lease every ``lease/3`` and moves the
+handler's deadline along; a renewal that Redis refuses (the batch was taken
+over) or that cannot reach Redis in time ends the handler ``lease/6`` before
+the lease can run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+
+from .events import emit
+from .keys import ChatKeys
+from .models import Batch
+from .scripts import Scripts
+
+log = logging.getLogger("service.claims")
+
+
+class Lease:
+    def __init__(
+        self,
+        scripts: Scripts,
+        ck: ChatKeys,
+        batch: Batch,
+        token: str,
+        *,
+        lease_ms: int,
+        sent_at: float,
+    ) -> None:
+        self.scripts = scripts
+        self.ck = ck
+        self.batch = batch
+        self.token = token
+        self.lease_ms = lease_ms
+        self.lease_s = lease_ms / 1000
+        self.margin_s = self.lease_s / 6
+        self.held_until = sent_at + self.lease_s
+        self.lost = False
+
+    @property
+    def safe_until(self) -> float:
+        """Loop time by which the handler must have let go of the batch."""
+        return self.held_until - self.margin_s
+
+    def broken(self, now: float) -> bool:
+        """True when the lease was lost or could not be renewed in time."""
+        return self.lost or now >= self.safe_until
+
+    async def keep(
+        self, bound: asyncio.Timeout, handler_deadline: float, beating: asyncio.Event
+    ) -> None:
+        """Renew while ``beating`` is set (checked around every renewal: a
+        cancel() that lands inside a redis-py call can be lost), keeping
+        ``bound`` at the earlier of the handler's own deadline and the lease."""
+        loop = asyncio.get_running_loop()
+        call = self.scripts.lease_call(
+            self.ck,
+            self.batch.batch_id,
+            self.token,
+            lease_ms=self.lease_ms,
+            next_attempt=False,
+        )
+        while beating.is_set():
+            await asyncio.sleep(self.lease_s / 3)
+            if not beating.is_set():
+                return
+            sent = loop.time()
+            try:
+                renewed = int(await self.scripts.run(call))
+            except (RedisError, OSError) as exc:
+                # The bound stays where it was: it fires unless a later renewal lands.
+                emit(log, "redis_retry", chat=self.batch.chat_id, error=str(exc))
+                continue
+            if not beating.is_set():
+                return
+            if renewed == 0:
+                self.lost = True
+                emit(log, "lease_lost", chat=self.batch.chat_id, batch=self.batch.batch_id)
+                bound.reschedule(loop.time())
+                return
+            self.held_until = sent + self.lease_s
+            bound.reschedule(min(handler_deadline, self.safe_until))
