@@ -2,7 +2,8 @@
 
     python -m service.chaos --minutes 2 --seed 7 --json soak.json
 
-Starts a Redis (the repo's redis.conf, AOF everysec, DEBUG allowed locally)
+Starts a Redis (the repo's redis.conf, AOF everysec or ``--appendfsync always``,
+DEBUG allowed locally)
 behind a TCP proxy that the harness owns, two ``batcher serve`` processes
 pointed at the proxy, and a local bot (the forward sink). A driver sends
 WhatsApp bursts for hundreds of chats, alternately to both processes, while
@@ -79,6 +80,13 @@ def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also fail when an acknowledged message reached the bot > 30 s after its ack",
     )
+    p.add_argument(
+        "--appendfsync",
+        choices=("everysec", "always"),
+        default="everysec",
+        help="the Redis AOF fsync policy (default everysec, as redis.conf ships); "
+        "'always' closes the window in which a Redis crash loses acknowledged writes",
+    )
     p.add_argument("--dir", type=Path, default=None, help="run directory (logs, Redis data)")
     p.add_argument("--keep", action="store_true", help="keep the run directory after a pass")
 
@@ -127,9 +135,15 @@ def _run_dir(given: Path | None) -> Path:
 async def soak(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     kinds = _kinds(args.faults)
     run_dir = args.run_dir = _run_dir(args.dir)
-    console.print(f"chaos soak: {args.minutes} min, seed {args.seed}, run dir {run_dir}")
+    console.print(
+        f"chaos soak: {args.minutes} min, seed {args.seed}, appendfsync {args.appendfsync}, "
+        f"run dir {run_dir}"
+    )
     app_secret, forward_secret = secrets.token_hex(16), secrets.token_hex(16)
-    server = RedisServer(data_dir=run_dir / "redis", extra_args=("--enable-debug-command", "local"))
+    server = RedisServer(
+        data_dir=run_dir / "redis",
+        extra_args=("--enable-debug-command", "local", "--appendfsync", args.appendfsync),
+    )
     admin = Redis.from_url(server.url, socket_timeout=5, socket_connect_timeout=2)
     proxy = ChaosProxy(server.port, zombie_s=args.zombie_s)
     sink = ChaosSink(forward_secret.encode())
@@ -174,6 +188,7 @@ async def soak(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "seed": args.seed,
         "minutes": args.minutes,
         "chats": args.chats,
+        "appendfsync": args.appendfsync,
         "wall_s": round(time.monotonic() - started, 1),
         "dir": str(run_dir),
         "settings": SERVICE_SETTINGS,
