@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import tempfile
@@ -119,6 +120,7 @@ async def engine_on(
         await client.flushdb()
     engine = Engine(client, settings, handler, shutdown_timeout_s=1)
     await engine.start()
+    gc.freeze()  # as ``batcher serve`` does once started
     try:
         yield engine
     finally:

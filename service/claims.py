@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from redis.exceptions import RedisError
 
 from .batcher import new_id
+from .coalesce import Coalescer
 from .events import emit
 from .handlers import Handler
 from .keys import ChatKeys
@@ -49,6 +50,7 @@ class Delivery:
         self.handler = handler
         self.stats = stats
         self.stop = stop
+        self.calls = Coalescer(scripts, durable=False)
 
     # --- entry points -------------------------------------------------------
 
@@ -93,7 +95,7 @@ class Delivery:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         try:
-            return Scripts.parse_claim(await self.scripts.run(call)), sent_at
+            return Scripts.parse_claim(await self.calls.one(call)), sent_at
         except (RedisError, OSError):
             if self.stop.is_set():
                 raise
@@ -104,10 +106,10 @@ class Delivery:
                 release = self.scripts.lease_call(
                     ck, batch_id, token, lease_ms=0, next_attempt=False
                 )
-                await self.scripts.run(release)
+                await self.calls.one(release)
                 return Skipped(ClaimOutcome.NOT_DUE), sent_at
             again = loop.time()
-            return Scripts.parse_claim(await self.scripts.run(call)), again
+            return Scripts.parse_claim(await self.calls.one(call)), again
 
         return await retry_redis(settle, self.stop)
 
@@ -116,7 +118,7 @@ class Delivery:
         ck = self.keys.chat(chat_id)
         token = new_id()
         sent_at = asyncio.get_running_loop().time()
-        raw = await self.scripts.run(self.scripts.redeliver_call(ck, batch_id, token))
+        raw = await self.calls.one(self.scripts.redeliver_call(ck, batch_id, token))
         got = Scripts.parse_claim(raw)
         if isinstance(got, Skipped):
             return
@@ -156,19 +158,17 @@ class Delivery:
             started = time.time()
             lag_ms = (started - batch.deadline_at) * 1000
             self.stats.record_lag(lag_ms)
-            lease = Lease(self.scripts, ck, batch, token, lease_ms=s.lease_ms, sent_at=sent_at)
+            lease = Lease(self.calls, ck, batch, token, lease_ms=s.lease_ms, sent_at=sent_at)
             handler_deadline = loop.time() + s.handler_timeout_ms / 1000
             bound = asyncio.timeout_at(min(handler_deadline, lease.safe_until))
-            beating = asyncio.Event()
-            beating.set()
-            heartbeat = asyncio.create_task(lease.keep(bound, handler_deadline, beating))
+            lease.start(bound, handler_deadline)
             error: str | None = None
             try:
                 try:
                     async with bound:
                         await self.handler(batch)
                 finally:
-                    await _stop_heartbeat(heartbeat, beating)
+                    await lease.stop()
             except asyncio.CancelledError:
                 await self._release(ck, batch, token)
                 raise
@@ -250,11 +250,11 @@ class Delivery:
         call = self.scripts.lease_call(ck, batch.batch_id, token, lease_ms=0, next_attempt=False)
         # If Redis is away the lease simply runs out.
         with contextlib.suppress(RedisError, OSError, asyncio.CancelledError):
-            await asyncio.shield(self.scripts.run(call))
+            await asyncio.shield(self.calls.one(call))
 
     async def _call(self, call: Call) -> Any:
         """Run a script that must happen (ack, nack): retry while Redis is away."""
-        return await retry_redis(lambda: self.scripts.run(call), self.stop)
+        return await retry_redis(lambda: self.calls.one(call), self.stop)
 
 
 async def retry_redis(fn: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
@@ -268,13 +268,6 @@ async def retry_redis(fn: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
             emit(log, "redis_retry", retry_in_ms=int(delay * 1000), error=str(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
-
-
-async def _stop_heartbeat(task: asyncio.Task[None], beating: asyncio.Event) -> None:
-    beating.clear()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-        await task
 
 
 def _batch(batch_id: str, chat_id: str, got: Claimed) -> Batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -99,6 +100,9 @@ def serve(settings: Settings, url: str) -> None:
     # with the handler it found: make that one a no-op, so that we return and
     # stop the embedded server cleanly (exit status 0).
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # Everything imported so far lives as long as the process: keep it out of
+    # the collector's full passes (they would walk it on every gen-2 pass).
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.host,

@@ -9,20 +9,22 @@ Redis set it later than that, so it lasts at least as long) and bounds the
 handler by it: the heartbeat renews the lease every ``lease/3`` and moves the
 handler's deadline along; a renewal that Redis refuses (the batch was taken
 over) or that cannot reach Redis in time ends the handler ``lease/6`` before
-the lease can run out.
+the lease can run out. Most handlers return well within ``lease/3``: for
+them the heartbeat is only a timer that never fires (no task, no call).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from redis.exceptions import RedisError
 
+from .coalesce import Coalescer
 from .events import emit
 from .keys import ChatKeys
 from .models import Batch
-from .scripts import Scripts
 
 log = logging.getLogger("service.claims")
 
@@ -30,7 +32,7 @@ log = logging.getLogger("service.claims")
 class Lease:
     def __init__(
         self,
-        scripts: Scripts,
+        calls: Coalescer,
         ck: ChatKeys,
         batch: Batch,
         token: str,
@@ -38,7 +40,7 @@ class Lease:
         lease_ms: int,
         sent_at: float,
     ) -> None:
-        self.scripts = scripts
+        self.calls = calls
         self.ck = ck
         self.batch = batch
         self.token = token
@@ -47,6 +49,9 @@ class Lease:
         self.margin_s = self.lease_s / 6
         self.held_until = sent_at + self.lease_s
         self.lost = False
+        self._stopped = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def safe_until(self) -> float:
@@ -57,37 +62,50 @@ class Lease:
         """True when the lease was lost or could not be renewed in time."""
         return self.lost or now >= self.safe_until
 
-    async def keep(
-        self, bound: asyncio.Timeout, handler_deadline: float, beating: asyncio.Event
-    ) -> None:
-        """Renew while ``beating`` is set (checked around every renewal: a
-        cancel() that lands inside a redis-py call can be lost), keeping
-        ``bound`` at the earlier of the handler's own deadline and the lease."""
+    def start(self, bound: asyncio.Timeout, handler_deadline: float) -> None:
+        """Renew every ``lease/3`` from now on, keeping ``bound`` (the handler's
+        timeout) at the earlier of ``handler_deadline`` and the lease."""
         loop = asyncio.get_running_loop()
-        call = self.scripts.lease_call(
-            self.ck,
-            self.batch.batch_id,
-            self.token,
-            lease_ms=self.lease_ms,
-            next_attempt=False,
+        self._timer = loop.call_later(self.lease_s / 3, self._spawn, bound, handler_deadline)
+
+    async def stop(self) -> None:
+        """Stop renewing; returns once no renewal can still be under way."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await self._task
+
+    def _spawn(self, bound: asyncio.Timeout, handler_deadline: float) -> None:
+        self._timer = None
+        if not self._stopped:
+            self._task = asyncio.create_task(self.keep(bound, handler_deadline))
+
+    async def keep(self, bound: asyncio.Timeout, handler_deadline: float) -> None:
+        # ``_stopped`` is checked around every renewal: a cancel() that lands
+        # inside a redis-py call can be lost.
+        loop = asyncio.get_running_loop()
+        call = self.calls.scripts.lease_call(
+            self.ck, self.batch.batch_id, self.token, lease_ms=self.lease_ms, next_attempt=False
         )
-        while beating.is_set():
-            await asyncio.sleep(self.lease_s / 3)
-            if not beating.is_set():
-                return
+        while not self._stopped:
             sent = loop.time()
             try:
-                renewed = int(await self.scripts.run(call))
+                renewed = int(await self.calls.one(call))
             except (RedisError, OSError) as exc:
                 # The bound stays where it was: it fires unless a later renewal lands.
                 emit(log, "redis_retry", chat=self.batch.chat_id, error=str(exc))
-                continue
-            if not beating.is_set():
+                renewed = -1
+            if self._stopped:
                 return
             if renewed == 0:
                 self.lost = True
                 emit(log, "lease_lost", chat=self.batch.chat_id, batch=self.batch.batch_id)
                 bound.reschedule(loop.time())
                 return
-            self.held_until = sent + self.lease_s
-            bound.reschedule(min(handler_deadline, self.safe_until))
+            if renewed > 0:
+                self.held_until = sent + self.lease_s
+                bound.reschedule(min(handler_deadline, self.safe_until))
+            await asyncio.sleep(self.lease_s / 3)
