@@ -8,6 +8,11 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency
+    _hiredis_pack = None  # type: ignore[assignment]
+
 try:  # redis-py >= 7
     from redis.maint_notifications import MaintNotificationsConfig
 except ImportError:  # pragma: no cover - older redis-py
@@ -29,6 +34,23 @@ class _ClosedTransportIsConnectionError(AbstractConnection):
         except RuntimeError as exc:
             await self.disconnect(nowait=True)
             raise RedisConnectionError(f"connection lost: {exc}") from exc
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """The protocol bytes of one command, packed by hiredis in C (redis-py's
+        asyncio connection packs in Python: a sixth of the engine's CPU under
+        load). Arguments hiredis does not take go the Python way."""
+        if _hiredis_pack is None or not all(type(a) in _PACKABLE for a in args):
+            return super().pack_command(*args)
+        if isinstance(args[0], str):  # "CONFIG GET" is two words on the wire
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        return [_hiredis_pack(args)]
+
+
+# bytes, str (UTF-8, as the client's default encoder) and int are packed by
+# hiredis exactly as redis-py's encoder would; floats and the rest are not.
+_PACKABLE = frozenset({bytes, str, int})
 
 
 def _hardened(cls: type[AbstractConnection]) -> type[AbstractConnection]:
