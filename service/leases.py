@@ -98,7 +98,9 @@ class Lease:
                 # The bound stays where it was: it fires unless a later renewal lands.
                 emit(log, "redis_retry", chat=self.batch.chat_id, error=str(exc))
                 renewed = -1
-            if self._stopped:
+            if self._stopped or bound.expired():
+                # Stopped, or the bound fired while the renewal was under way
+                # (the handler is being cancelled): nothing left to move.
                 return
             if renewed == 0:
                 self.lost = True
