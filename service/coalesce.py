@@ -1,4 +1,4 @@
-"""Coalescing: concurrent callers share one pipeline per event-loop tick.
+"""Coalescing: concurrent callers share pipelines, sent once per event-loop tick.
 
 Under load many webhooks are in flight at once; each would pay for its own
 round trip and its own redis-py pipeline. A caller here queues its script
