@@ -39,6 +39,7 @@ from .bench import loop_factory, note, table
 from .bench_load import post_request, run_load
 from .embedded import RedisServer, free_port
 from .models import Batch
+from .webhooks.whatsapp_payload import text_webhook
 
 APP_SECRET = "bench-app-secret"
 BODIES = 5_000
@@ -95,38 +96,11 @@ def redis_cpu(client: redis.Redis) -> float:
 def signed_bodies(n: int) -> list[tuple[str, str]]:
     out = []
     for i in range(n):
-        doc = {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "id": "100",
-                    "changes": [
-                        {
-                            "field": "messages",
-                            "value": {
-                                "messaging_product": "whatsapp",
-                                "metadata": {
-                                    "display_phone_number": "15550100000",
-                                    "phone_number_id": "200",
-                                },
-                                "contacts": [
-                                    {"profile": {"name": "Ana"}, "wa_id": f"1555{i % 500:07d}"}
-                                ],
-                                "messages": [
-                                    {
-                                        "from": f"1555{i % 500:07d}",
-                                        "id": f"wamid.BENCH{i:08d}",
-                                        "timestamp": "1767225600",
-                                        "type": "text",
-                                        "text": {"body": "hi, I need to change my order #4411"},
-                                    }
-                                ],
-                            },
-                        }
-                    ],
-                }
-            ],
-        }
+        sender = f"1555{i % 500:07d}"
+        text = "hi, I need to change my order #4411"
+        doc = text_webhook(
+            [(sender, f"wamid.BENCH{i:08d}", text)], phone_number_id="200", contact_name="Ana"
+        )
         body = json.dumps(doc, separators=(",", ":"))
         sig = hmac.new(APP_SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
         out.append((body, "sha256=" + sig))

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from .webhooks.whatsapp_payload import text_webhook
+
 PHONE_ID = "100000000000777"
 
 
@@ -50,36 +52,9 @@ class Traffic:
 
 def whatsapp_body(sender: str, wamid: str, ts: int, text: str) -> bytes:
     """A Cloud API ``messages`` webhook carrying one text message."""
-    doc = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "100000000000001",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "15550100000",
-                                "phone_number_id": PHONE_ID,
-                            },
-                            "contacts": [{"profile": {"name": "Chaos"}, "wa_id": sender}],
-                            "messages": [
-                                {
-                                    "from": sender,
-                                    "id": wamid,
-                                    "timestamp": str(ts),
-                                    "type": "text",
-                                    "text": {"body": text},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    doc = text_webhook(
+        [(sender, wamid, text)], phone_number_id=PHONE_ID, timestamp=ts, contact_name="Chaos"
+    )
     return json.dumps(doc).encode()
 
 

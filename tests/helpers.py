@@ -12,6 +12,7 @@ from service.connections import create_redis
 from service.engine import Engine
 from service.models import Batch
 from service.settings import Settings
+from service.webhooks.whatsapp_payload import text_webhook
 
 FAST: dict[str, Any] = {
     "idle_ms": 150,
@@ -118,32 +119,7 @@ async def app_client(
 
 def wa_text_payload(messages: list[tuple[str, str, str]]) -> dict[str, Any]:
     """A WhatsApp Cloud API webhook document of text messages (sender, wamid, text)."""
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "1",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "metadata": {"phone_number_id": "200"},
-                            "messages": [
-                                {
-                                    "from": sender,
-                                    "id": wamid,
-                                    "timestamp": "1767225600",
-                                    "type": "text",
-                                    "text": {"body": text},
-                                }
-                                for sender, wamid, text in messages
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    return text_webhook(messages, phone_number_id="200")
 
 
 def assert_exactly_once(collector: Collector, expected: dict[str, list[str]]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,35 @@ class ParsedWebhook:
     statuses: int  # delivery receipts, counted and skipped
     errors: int  # value.errors[] entries plus messages[].errors entries
     skipped: int  # messages not fed to the batcher (type "system"), other fields
+
+
+def text_webhook(
+    messages: Sequence[tuple[str, str, str]],
+    *,
+    phone_number_id: str,
+    timestamp: int = 1767225600,
+    contact_name: str | None = None,
+) -> dict[str, Any]:
+    """A Cloud API ``messages`` webhook document of text messages, each
+    (sender, wamid, text): what Meta sends and ``parse_webhook`` reads. For
+    load generators and tests; with ``contact_name``, a ``contacts`` entry
+    per distinct sender."""
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550100000", "phone_number_id": phone_number_id},
+        "messages": [
+            {"from": sender, "id": wamid, "timestamp": str(timestamp), "type": "text",
+             "text": {"body": text}}
+            for sender, wamid, text in messages
+        ],
+    }  # fmt: skip
+    if contact_name is not None:
+        senders = dict.fromkeys(sender for sender, _, _ in messages)
+        value["contacts"] = [{"profile": {"name": contact_name}, "wa_id": s} for s in senders]
+    return {
+        "object": OBJECT,
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+    }
 
 
 def signature_valid(app_secret: bytes, body: bytes, header: str | None) -> bool:
