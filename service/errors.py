@@ -15,6 +15,10 @@ class MessageTooLarge(InvalidMessage):
     """A message above BATCHER_MAX_MESSAGE_BYTES (answered 413)."""
 
 
+class HandlerError(BatcherError, ValueError):
+    """BATCHER_HANDLER names nothing that can be called with a batch."""
+
+
 class RedisUnavailable(BatcherError):
     """Redis could not take the write; nothing was acknowledged."""
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
-# Deeper JSON in a message's ``data`` is refused at the door: it could be
-# stored, but not serialised again when the batch is delivered.
+# Deeper JSON in a message's ``data`` is refused when the message is made: it
+# could be stored, but not serialised again when the batch is delivered.
 MAX_DATA_DEPTH = 32
 
 
@@ -30,11 +30,25 @@ def nesting_exceeds(node: object, limit: int = MAX_DATA_DEPTH) -> bool:
     return False
 
 
-Reason = Literal["idle", "max_wait", "max_messages", "max_bytes", "recovered"]
+def _shallow_enough(value: Any) -> Any:
+    if nesting_exceeds(value):
+        raise ValueError(f"nested deeper than {MAX_DATA_DEPTH} levels")
+    return value
+
+
+# A message's ``data``: any JSON value nested at most MAX_DATA_DEPTH levels.
+Data = Annotated[Any, AfterValidator(_shallow_enough)]
+
+Reason = Literal["idle", "max_wait", "max_messages", "max_bytes", "recovered", "manual"]
 
 
 class Message(BaseModel):
-    """One chat message. ``received_at`` is stamped by Redis when it is stored."""
+    """One chat message. ``received_at`` is stamped by Redis when it is stored.
+
+    ``data`` is checked when the message is made and when it is assigned.
+    """
+
+    model_config = ConfigDict(validate_assignment=True)
 
     id: str
     type: str = "text"
@@ -42,7 +56,7 @@ class Message(BaseModel):
     sent_at: float | None = None
     received_at: float | None = None
     source: str = "api"
-    data: Any = Field(default_factory=dict)
+    data: Data = Field(default_factory=dict)
 
     def stored_json(self) -> bytes:
         """The JSON kept in Redis (``received_at`` travels beside it)."""

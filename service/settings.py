@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     whatsapp_app_secret: SecretStr | None = None
     whatsapp_verify_token: SecretStr | None = None
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the admin endpoints (/v1/chats/...); unset: they answer 404.",
+    )
     insecure_dev: bool = Field(
         default=False,
         description="Allow serving on a non-loopback host without BATCHER_WHATSAPP_APP_SECRET.",

@@ -3,12 +3,23 @@ console) and the Prometheus registry behind ``GET /metrics``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+
+def percentile(values: Sequence[float], q: float, *, ordered: bool = False) -> float | None:
+    """Nearest rank: the smallest value with at least ``q`` (0..1) of them at or
+    below it; None when there are no values. ``ordered``: already sorted."""
+    if not values:
+        return None
+    data = values if ordered else sorted(values)
+    return data[min(len(data) - 1, max(0, math.ceil(q * len(data)) - 1))]
+
 
 LAG_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 SIZE_BUCKETS = (1, 2, 3, 5, 8, 13, 20, 50, 100, 500)

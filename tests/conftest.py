@@ -22,7 +22,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from service.embedded import (
+from service.store.embedded import (
     EmbeddedRedisError,
     RedisServer,
     find_server_binary,

@@ -6,13 +6,34 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from service.connections import create_redis
-from service.engine import Engine
+from service.engine.engine import Engine
 from service.models import Batch
 from service.settings import Settings
-from service.webhooks.whatsapp_payload import text_webhook
+from service.store.connections import create_redis
+from service.tooling.samples import text_webhook
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+# Chat ids that try to escape their keys or their bucket's hash slot.
+HOSTILE = [
+    "plain",
+    "wa:1055:4479",
+    "{b0}",
+    "}{",
+    "{",
+    "}",
+    "a}:timer:b",
+    ":timer:",
+    "x" * 1024,
+    "emoji 😀 \u00e9\u4e2d",
+    "spaces and\ttabs\nnewline",
+    "P:{b3}:buf:evil",
+    "\x00nul",
+]
 
 FAST: dict[str, Any] = {
     "idle_ms": 150,
@@ -108,7 +129,7 @@ async def app_client(
     """The real Starlette app, lifespan included, behind an httpx client."""
     import httpx
 
-    from service.app import create_app
+    from service.web.app import create_app
 
     app = create_app(fast_settings(redis_url, **overrides), handler=handler)
     async with app.router.lifespan_context(app):

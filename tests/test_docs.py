@@ -4,6 +4,8 @@
   ``BATCHER_<NAME>`` (and no other), with the model's defaults.
 - docs/cli.md holds the current ``--help`` of every ``batcher`` command and
   sub-command, one fenced ``text`` block each.
+- every ``service/...`` or ``tests/...`` path, ``service.`` module and
+  ``test_file.py::test_name`` named in docs/*.md and README.md exists.
 
 After changing the command line, rewrite the help blocks of docs/cli.md with:
 
@@ -12,6 +14,8 @@ After changing the command line, rewrite the help blocks of docs/cli.md with:
 
 from __future__ import annotations
 
+import ast
+import importlib
 import os
 import re
 import subprocess
@@ -173,6 +177,130 @@ def test_the_cli_doc_help_blocks_match_the_current_help() -> None:
             + f"\n\n--- documented `{' '.join(first)} --help`\n{documented[first]}"
             + f"\n\n--- current\n{current[first]}"
         )
+
+
+# --- paths, modules and tests named in the docs ------------------------------------
+
+DOCS = (*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md")
+TESTS = ROOT / "tests"
+# `service/store/lua/*.lua`, `tests/web/`: a path that starts a word.
+REPO_PATH = re.compile(r"(?<![\w./-])((?:service|tests)/[\w./*-]*)")
+# `test_x.py`, `tests/web/test_x.py::test_y`, `test_x.py::TestClass::test_y`.
+TEST_REF = re.compile(r"(?<![\w.-])((?:[\w.-]+/)*test_\w+\.py)((?:::\w+)*)")
+# `service.store.embedded.RedisServer`: a module, then attributes.
+MODULE_REF = re.compile(r"(?<![\w./-])(service(?:\.\w+)+)")
+
+
+def doc_mentions(pattern: re.Pattern[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """(where, groups) of every match, where = "docs/x.md:<line>"."""
+    found = []
+    for doc in DOCS:
+        for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            for match in pattern.finditer(line):
+                found.append((f"{doc.relative_to(ROOT)}:{number}", match.groups()))
+    return found
+
+
+def resolve_test_file(ref: str) -> tuple[Path | None, str]:
+    """The one file under tests/ that ``ref`` names, or None and why not."""
+    if ref.startswith("tests/"):
+        path = ROOT / ref
+        return (path, "") if path.is_file() else (None, "no such file")
+    candidates = sorted(
+        p for p in TESTS.rglob(Path(ref).name) if p.relative_to(ROOT).as_posix().endswith(ref)
+    )
+    if len(candidates) == 1:
+        return candidates[0], ""
+    if not candidates:
+        return None, "no such file under tests/"
+    names = ", ".join(p.relative_to(ROOT).as_posix() for p in candidates)
+    return None, f"ambiguous ({names}): write the full path"
+
+
+@cache
+def defined_tests(path: Path) -> frozenset[str]:
+    """``test_x`` and ``TestClass::test_x`` of every test function of a file."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.ClassDef):
+            names.add(node.name)
+            names.update(
+                f"{node.name}::{item.name}"
+                for item in node.body
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+            )
+    return frozenset(n for n in names if n.split("::")[-1].startswith(("test", "Test")))
+
+
+def broken_test_ref(ref: str, names: str) -> str | None:
+    path, why = resolve_test_file(ref)
+    if path is None:
+        return why
+    name = names.removeprefix("::")
+    if name and name not in defined_tests(path):
+        return f"{path.relative_to(ROOT).as_posix()} has no test {name}"
+    return None
+
+
+def broken_module_ref(dotted: str) -> str | None:
+    """Import the longest module prefix of ``dotted``, then look up the rest."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is not None and module_name.startswith(error.name):
+                continue  # this prefix is not a module: try a shorter one
+            raise
+        for attribute in parts[cut:]:
+            if not hasattr(obj, attribute):
+                return f"{module_name} has no module or attribute {attribute}"
+            obj = getattr(obj, attribute)
+        return None
+    return "no such module"
+
+
+def test_the_docs_name_only_paths_that_exist() -> None:
+    missing = [
+        f"{where}: {path}"
+        for where, (path,) in doc_mentions(REPO_PATH)
+        if not any(ROOT.glob(path.rstrip("/.,:;")))
+    ]
+    assert not missing, "the docs name files or folders that do not exist:\n" + "\n".join(missing)
+
+
+def test_the_docs_name_only_tests_that_exist() -> None:
+    broken = [
+        f"{where}: {ref}{names}: {why}"
+        for where, (ref, names) in doc_mentions(TEST_REF)
+        if (why := broken_test_ref(ref, names))
+    ]
+    assert not broken, "the docs name tests that do not exist:\n" + "\n".join(broken)
+
+
+def test_the_docs_name_only_modules_that_exist() -> None:
+    broken = [
+        f"{where}: {dotted}: {why}"
+        for where, (dotted,) in doc_mentions(MODULE_REF)
+        if (why := broken_module_ref(dotted))
+    ]
+    assert not broken, "the docs name modules that do not exist:\n" + "\n".join(broken)
+
+
+def test_the_doc_reference_checks_catch_a_wrong_name() -> None:
+    assert broken_test_ref("tests/engine/test_listener.py", "::test_no_such_test")
+    assert broken_test_ref("test_listener.py", "::test_no_such_test")
+    assert broken_test_ref("test_keys.py", "::test_every_key_of_a_chat_shares_its_bucket_slot")
+    assert broken_test_ref("tests/test_listener.py", "")
+    assert broken_test_ref("test_listener.py", "::test_pubsub_kill_storm") is None
+    assert "ambiguous" in resolve_test_file("__init__.py")[1]
+    assert broken_module_ref("service.embedded.RedisServer")
+    assert broken_module_ref("service.store.embedded.NoSuchThing")
+    assert broken_module_ref("service.store.embedded.RedisServer") is None
+    assert not any(ROOT.glob("service/lua/scan.lua"))
 
 
 # --- regeneration -----------------------------------------------------------------

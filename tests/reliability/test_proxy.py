@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from service.chaos_proxy import ChaosProxy
-from service.embedded import RedisServer
+from service.store.embedded import RedisServer
+from service.tooling.chaos.proxy import ChaosProxy
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 

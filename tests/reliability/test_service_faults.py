@@ -1,7 +1,7 @@
 """Service bugs found by the chaos soak, reduced to one fault each (issue 6).
 
 Both failed before the fixes (connections.py turns the uvloop error into a
-ConnectionError; claims.py stops heartbeats with an event it checks and
+ConnectionError; the delivery stops heartbeats with an event it checks and
 awaits them, and hands a broken-off delivery's lease back at once).
 
 1. A connection reset while ``batcher serve`` runs on uvloop (its default loop):
@@ -30,13 +30,13 @@ from typing import Any
 import pytest
 import uvloop
 
-from service.chaos_proxy import ChaosProxy
-from service.claims import Delivery
-from service.connections import create_redis
-from service.embedded import RedisServer
-from service.engine import Engine
+from service.engine.delivery import Delivery
+from service.engine.engine import Engine
 from service.models import Batch
 from service.settings import Settings
+from service.store.connections import create_redis
+from service.store.embedded import RedisServer
+from service.tooling.chaos.proxy import ChaosProxy
 
 GIVE_UP_WITHIN = 40  # attempts; with no heartbeat left over by then the handler succeeds
 

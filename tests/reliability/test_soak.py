@@ -1,6 +1,6 @@
 """Chaos soak (issue 6): real ``batcher serve`` processes, a real Redis behind a
 proxy the harness owns, a bot sink, WhatsApp bursts for 200 chats and every
-fault kind of ``service.chaos_faults.KINDS`` on a seeded schedule; then every
+fault kind of ``service.tooling.chaos.faults.KINDS`` on a seeded schedule; then every
 acknowledged message must be at the bot (or dead-lettered, with its reason),
 in order, with no two batches of a chat overlapping at the bot.
 
@@ -15,7 +15,7 @@ and only ``always`` (or replicas with ``BATCHER_ACK_REPLICAS``) makes an
 acknowledged write survive that; with the shipped ``everysec`` a crash may
 lose the writes of the last second or two (docs/guarantees.md).
 
-The harness is ``python -m service.chaos`` (its figures table is printed: pytest
+The harness is ``python -m service.tooling.chaos`` (its figures table is printed: pytest
 shows it when a test fails); the run directory keeps the services' logs.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from service.chaos_faults import KINDS
+from service.tooling.chaos.faults import KINDS
 
 SHORT_MINUTES = 1.6
 SHORT_SEED = 11  # its schedule covers every kind within SHORT_MINUTES
@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def soak(tmp_path: Path, minutes: float, seed: int, timeout_s: float) -> tuple[int, dict[str, Any]]:
     out = tmp_path / "figures.json"
-    cmd = [sys.executable, "-m", "service.chaos", "--minutes", str(minutes), "--seed", str(seed),
+    cmd = [sys.executable, "-m", "service.tooling.chaos", "--minutes", str(minutes),
+           "--seed", str(seed),
            "--appendfsync", "always", "--json", str(out),
            "--dir", str(tmp_path / "run")]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHER_")}
@@ -75,7 +76,11 @@ def check(code: int, r: dict[str, Any], *, all_kinds: bool) -> None:
 def test_short_soak(tmp_path: Path) -> None:
     code, r = soak(tmp_path, SHORT_MINUTES, SHORT_SEED, timeout_s=330)
     check(code, r, all_kinds=True)
-    assert r["messages"]["acknowledged"] >= 10_000  # the load really ran (~290 msg/s)
+    # The load really ran, and met every fault: a floor far below the typical
+    # ~290 msg/s (about 10,000 acknowledged here), so a slow machine still passes.
+    assert r["messages"]["acknowledged"] >= 1_000
+    quiet = {kind: row for kind, row in r["recovery"].items() if row["sent_around"] == 0}
+    assert not quiet, f"faults that met no traffic: {quiet}"
 
 
 @pytest.mark.slow

@@ -1,0 +1,5 @@
+"""``python -m service.cli``: the ``batcher`` command."""
+
+from service.cli.main import main
+
+main()

@@ -1,0 +1,168 @@
+"""``batcher serve``: the HTTP app, listener, nudger and sweeper in one process.
+
+With no ``BATCHER_REDIS_URL`` it first starts an embedded Redis-compatible
+server (data under ``BATCHER_DATA_DIR``), on the main thread, so that the
+server dies with this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+from rich.console import Console
+
+from service.cli import runtime
+from service.cli.setup import with_settings
+from service.errors import BatcherError
+from service.logs import emit
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the service (embedded Redis when BATCHER_REDIS_URL is unset)"
+    )
+    p.set_defaults(run=with_settings(run_serve))
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Everything that can be refused is refused before anything starts: the
+    settings, the handler, the HTTP port, the data directory's lock."""
+    problem = settings.serving_problem()
+    if problem is not None:
+        raise BatcherError(f"batcher serve: {problem}")
+    with contextlib.ExitStack() as stack:
+        if settings.redis_url is None:  # the embedded server: its data directory first
+            stack.enter_context(runtime.hold(Path(settings.data_dir).absolute()))
+        if settings.handler:
+            from service.engine.handlers import load_handler
+
+            # The current directory is importable, as for `python -m`.
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            load_handler(settings.handler)
+        ensure_port_free(settings.host, settings.port)
+        with redis_url_for(settings) as url:
+            serve(settings, url)
+    return 0
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse a busy HTTP port now, not after Redis and the checks have run."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise BatcherError(f"batcher serve: cannot listen on {host}:{port}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise BatcherError(
+                f"batcher serve: {host}:{port} is busy ({exc.strerror}); stop what "
+                "listens there or set BATCHER_PORT"
+            ) from None
+
+
+@contextmanager
+def redis_url_for(settings: Settings) -> Iterator[str]:
+    """BATCHER_REDIS_URL, or the URL of an embedded server started (and
+    stopped) here, on the main thread so that it dies with this process. The
+    embedded server's data directory is locked first and the running server
+    recorded in it, for the other commands to find (``runtime.py``)."""
+    if settings.redis_url is not None:
+        yield settings.redis_url.get_secret_value()
+        return
+    from service.store.embedded import RedisServer, find_server_binary
+
+    data_dir = Path(settings.data_dir).absolute()  # held by run_serve (runtime.hold)
+    binary = find_server_binary(settings.redis_server)
+    server = RedisServer(binary, data_dir=data_dir / "redis")
+    server.start()
+    runtime.record(data_dir, server.url, server.pid)
+    emit(log, "embedded", server=binary.name, url=server.url, data=str(server.data_dir))
+    _print_next_steps(data_dir)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        emit(log, "embedded_stopped", server=binary.name, url=server.url)
+
+
+def _print_next_steps(data_dir: Path) -> None:
+    """The other commands find this server by themselves while it runs."""
+    here = "" if data_dir == Path.cwd() / ".batcher" else f"BATCHER_DATA_DIR={data_dir} "
+    Console(stderr=True, highlight=False).print(
+        "[dim]in another terminal of this directory:[/]\n"
+        f"  {here}uv run batcher check\n"
+        f"  {here}uv run batcher watch\n"
+        f"  {here}uv run batcher dead list",
+        soft_wrap=True,
+    )
+
+
+async def _preflight(url: str, settings: Settings) -> None:
+    """The start-up checks, before uvicorn: a refusal is a clear error, exit 2."""
+    from service.store.checks import ensure_ready
+    from service.store.connections import create_redis
+
+    redis = create_redis(url)
+    try:
+        await ensure_ready(redis, settings)
+    finally:
+        await redis.aclose()
+
+
+def serve(settings: Settings, url: str) -> None:
+    """The HTTP app under uvicorn (uvloop and httptools when installed)."""
+    import uvicorn
+
+    from service.web.app import create_app
+
+    settings = settings.model_copy(update={"redis_url": SecretStr(url)})
+    asyncio.run(_preflight(url, settings))
+    app = create_app(settings, log_checks=False)
+    emit(
+        log,
+        "started",
+        url=f"http://{settings.host}:{settings.port}",
+        idle_ms=settings.idle_ms,
+        max_wait_ms=settings.max_wait_ms,
+        max_messages=settings.max_messages,
+        redis=settings.redis_url_display,
+    )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again
+    # with the handler it found: make that one a no-op, so that we return and
+    # stop the embedded server cleanly (exit status 0).
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # Everything imported so far lives as long as the process: keep it out of
+    # the collector's full passes (they would walk it on every gen-2 pass).
+    gc.freeze()
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="auto",
+        http="auto",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=15,
+    )

@@ -1,0 +1,205 @@
+"""The engine: listener, nudger, sweeper and delivery workers of one process.
+
+Any number of engines (processes, hosts) may run against one Redis: every
+one hears every event, exactly one claims each batch.
+
+    async with Engine(redis, settings, handler) as engine:
+        await engine.add("chat-1", "hello")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service.engine.batcher import Batcher
+from service.engine.delivery import Delivery
+from service.engine.handlers import ConsoleHandler, Handler
+from service.engine.listener import Listener, dedicated_client
+from service.engine.nudger import Nudger
+from service.engine.sweeper import Sweeper
+from service.logs import emit
+from service.models import AddResult, Message
+from service.settings import Settings
+from service.stats import Stats
+from service.store.checks import Check, check_notifications, ensure_ready
+from service.store.keyspace import expired_channel
+
+log = logging.getLogger(__name__)
+
+Job = tuple[str, str, str | None, bool]  # (kind, chat id, batch id, recovered)
+
+
+class Engine:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        handler: Handler | None = None,
+        *,
+        shutdown_timeout_s: float = 10.0,
+        log_checks: bool = True,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.batcher = Batcher(redis, settings)
+        self.keys = self.batcher.keys
+        self.scripts = self.batcher.scripts
+        self.stats = Stats()
+        self.stopping = asyncio.Event()
+        self.delivery = Delivery(
+            self.scripts, settings, handler or ConsoleHandler(), self.stats, self.stopping
+        )
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.log_checks = log_checks  # off when the caller has just run and shown them
+        self.checks: list[Check] = []
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._queued: set[tuple[str, str]] = set()
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._listener_client: Redis | None = None
+        self.listener: Listener | None = None
+        self.sweeper = Sweeper(
+            self.scripts, self.stats, self.stopping, self.submit_claim, self.submit_redeliver
+        )
+        self.nudger = Nudger(self.scripts, self.stats, self.stopping)
+
+    # --- the append API -----------------------------------------------------
+
+    async def add(self, chat_id: str, message: Message | str) -> AddResult:
+        return await self.batcher.add(chat_id, message)
+
+    # --- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        self.checks = await ensure_ready(self.redis, self.settings, log=self.log_checks)
+        db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self._listener_client = dedicated_client(self.redis)
+        self.listener = Listener(
+            self._listener_client,
+            expired_channel(db),
+            self._on_key,
+            self._on_subscribed,
+            ping_ms=self.settings.listener_ping_ms,
+            dead_ms=self.settings.listener_dead_ms,
+            stats=self.stats,
+            stop=self.stopping,
+        )
+        self._tasks = [
+            asyncio.create_task(self.listener.run(), name="batcher-listener"),
+            asyncio.create_task(self.nudger.run(), name="batcher-nudger"),
+            asyncio.create_task(self.sweeper.run(), name="batcher-sweeper"),
+        ]
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"batcher-worker-{i}")
+            for i in range(self.settings.concurrency)
+        ]
+
+    async def stop(self) -> None:
+        """Stop taking work, let running handlers finish (up to the timeout),
+        hand back whatever is still in flight, and close connections."""
+        self.stopping.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.shutdown_timeout_s)
+        for task in self._tasks + self._workers:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._workers, return_exceptions=True)
+        if self._listener_client is not None:
+            await self._listener_client.aclose()
+        self._tasks, self._workers = [], []
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def healthy(self) -> bool:
+        return self.listener is not None and self.listener.healthy()
+
+    def stopped_loops(self) -> list[str]:
+        """Background tasks that ended while the engine runs (should be none)."""
+        if self.stopping.is_set():
+            return []
+        return [t.get_name() for t in self._tasks + self._workers if t.done()]
+
+    # --- work ---------------------------------------------------------------
+
+    def submit_claim(self, chat_id: str, recovered: bool = False) -> None:
+        if ("c", chat_id) in self._queued:
+            return
+        if recovered:
+            emit(log, "recovering", chat=chat_id, why="overdue, no claim")
+        self._queued.add(("c", chat_id))
+        self._queue.put_nowait(("c", chat_id, None, recovered))
+
+    def submit_redeliver(self, chat_id: str, batch_id: str) -> None:
+        if ("r", chat_id) in self._queued:
+            return
+        self._queued.add(("r", chat_id))
+        self._queue.put_nowait(("r", chat_id, batch_id, False))
+
+    def _on_key(self, key: bytes) -> None:
+        chat_id = self.keys.parse_timer(key)
+        if chat_id is not None:
+            self.stats.events += 1
+            self.submit_claim(chat_id)
+
+    async def _on_subscribed(self) -> None:
+        """After every (re)subscribe: events may have been lost, and a
+        restarted server may have lost a CONFIG SET. Re-check, then sweep."""
+        with contextlib.suppress(RedisError, OSError):
+            check = await check_notifications(self.redis, enable=self.settings.configure_redis)
+            if check.status != "ok":
+                emit(
+                    log,
+                    "check",
+                    level=logging.WARNING,
+                    check=check.name,
+                    status=check.status,
+                    detail=check.detail,
+                    fix=check.fix,
+                )
+        self.sweeper.wake.set()
+        # Events lost just before the resubscribe belong to chats not yet
+        # overdue by the grace period: sweep once more when they are.
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.settings.sweep_grace_ms / 1000 + 0.05, self.sweeper.wake.set)
+
+    async def _worker(self) -> None:
+        while True:
+            kind, chat_id, batch_id, recovered = await self._queue.get()
+            self._queued.discard((kind, chat_id))
+            if self.stopping.is_set():
+                continue  # left due in Redis: the next sweep (here or elsewhere) takes it
+            self._busy += 1
+            self._idle.clear()
+            try:
+                if kind == "c":
+                    await self.delivery.process(chat_id, recovered=recovered)
+                elif batch_id is not None:
+                    await self.delivery.redeliver(chat_id, batch_id)
+            except (RedisError, OSError) as exc:
+                log.warning("redis error on chat=%s (the sweeper retries): %s", chat_id, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("unexpected error on chat=%s", chat_id)
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()

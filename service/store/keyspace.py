@@ -1,0 +1,158 @@
+"""The keyspace: every Redis key name the service uses is built here.
+
+All keys of one chat share one hash tag, ``{b<N>}``, where ``N`` is a bucket
+computed from the chat id (``crc32 mod buckets``). The tag is the first
+``{…}`` of every key, and the prefix may not contain braces, so a chat id
+full of ``{``, ``}`` or ``:`` can neither steer the slot nor collide with
+another chat's keys: the chat id is always the last segment of a key whose
+earlier segments are fixed by the key's kind.
+
+| key                          | type   | TTL  | role                               |
+|------------------------------|--------|------|------------------------------------|
+| P:{bN}:buf:<chat>            | list   | none | the open batch                     |
+| P:{bN}:timer:<chat>          | string | idle | its expiry means "idle"            |
+| P:{bN}:meta:<chat>           | hash   | none | open batch + in-flight batch state |
+| P:{bN}:proc:<batch_id>       | list   | none | a claimed batch                    |
+| P:{bN}:due                   | zset   | none | chat -> deadline ms                |
+| P:{bN}:inflight              | zset   | none | chat -> lease deadline ms          |
+| P:{bN}:seen                  | zset   | none | message ids seen -> received ms    |
+| P:{bN}:dead                  | zset   | none | dead batch id -> dead-lettered ms  |
+| P:{bN}:dead:<batch_id>       | list   | none | a dead batch's messages            |
+| P:{bN}:deadinfo:<batch_id>   | hash   | none | a dead batch's error and metadata  |
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from service.settings import Settings
+
+EXPIRED_CHANNEL = "__keyevent@{db}__:expired"
+
+
+def expired_channel(db: int = 0) -> str:
+    """The pub/sub channel of expired-key events of database ``db``."""
+    return EXPIRED_CHANNEL.format(db=db)
+
+
+def encode_chat(chat_id: str) -> bytes:
+    """Chat ids travel as UTF-8; lone surrogates cannot, and are refused."""
+    return chat_id.encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class BucketKeys:
+    bucket: int
+    due: bytes
+    inflight: bytes
+    seen: bytes
+    dead: bytes
+    timer_prefix: bytes  # + chat id = timer key; used by the nudge script
+    buf_prefix: bytes
+    meta_prefix: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChatKeys:
+    chat_id: str
+    bucket: BucketKeys
+    buf: bytes
+    timer: bytes
+    meta: bytes
+
+
+class Keyspace:
+    def __init__(self, prefix: str = "batcher", buckets: int = 16) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("key prefix must not contain braces")
+        if buckets < 1:
+            raise ValueError("buckets must be >= 1")
+        self.prefix = prefix
+        self.buckets = buckets
+        self._buckets = [self._bucket_keys(b) for b in range(buckets)]
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keyspace:
+        """The keyspace of a deployment (its BATCHER_KEY_PREFIX and BATCHER_BUCKETS)."""
+        return cls(settings.key_prefix, settings.buckets)
+
+    def _tag(self, bucket: int) -> bytes:
+        return f"{self.prefix}:{{b{bucket}}}:".encode()
+
+    def _bucket_keys(self, bucket: int) -> BucketKeys:
+        tag = self._tag(bucket)
+        return BucketKeys(
+            bucket=bucket,
+            due=tag + b"due",
+            inflight=tag + b"inflight",
+            seen=tag + b"seen",
+            dead=tag + b"dead",
+            timer_prefix=tag + b"timer:",
+            buf_prefix=tag + b"buf:",
+            meta_prefix=tag + b"meta:",
+        )
+
+    def bucket_of(self, chat_id: str) -> int:
+        return zlib.crc32(encode_chat(chat_id)) % self.buckets
+
+    def bucket(self, bucket: int) -> BucketKeys:
+        return self._buckets[bucket]
+
+    def all_buckets(self) -> list[BucketKeys]:
+        return list(self._buckets)
+
+    def chat(self, chat_id: str) -> ChatKeys:
+        raw = encode_chat(chat_id)
+        bk = self._buckets[zlib.crc32(raw) % self.buckets]
+        return ChatKeys(
+            chat_id=chat_id,
+            bucket=bk,
+            buf=bk.buf_prefix + raw,
+            timer=bk.timer_prefix + raw,
+            meta=bk.meta_prefix + raw,
+        )
+
+    def proc(self, bucket: int, batch_id: str) -> bytes:
+        return self._tag(bucket) + b"proc:" + batch_id.encode()
+
+    def dead_batch(self, bucket: int, batch_id: str) -> bytes:
+        return self._tag(bucket) + b"dead:" + batch_id.encode()
+
+    def dead_info(self, bucket: int, batch_id: str) -> bytes:
+        return self._tag(bucket) + b"deadinfo:" + batch_id.encode()
+
+    def probe(self, token: str) -> bytes:
+        """A scratch key prefix for ``batcher check``'s probes (bucket 0's slot);
+        no chat's key, nor a timer the listener would take for one."""
+        return self._tag(0) + b"probe:" + token.encode() + b":"
+
+    def pattern(self) -> str:
+        """A glob matching every key of this keyspace (for operators' tools)."""
+        return f"{self.prefix}:{{b*}}:*"
+
+    def parse_timer(self, key: bytes) -> str | None:
+        """The chat id of a timer key of this keyspace, else None."""
+        head = self.prefix.encode() + b":{b"
+        if not key.startswith(head):
+            return None
+        close = key.find(b"}:timer:", len(head))
+        if close < 0:
+            return None
+        digits = key[len(head) : close]
+        if not digits.isdigit():
+            return None
+        raw = key[close + len(b"}:timer:") :]
+        try:
+            chat_id = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if int(digits) != zlib.crc32(raw) % self.buckets:
+            return None  # another deployment with other bucket settings
+        return chat_id
+
+
+def seen_member(chat_id: str, message_id: str) -> bytes:
+    """Dedupe entry for a message id, scoped to its chat without ambiguity."""
+    raw = encode_chat(chat_id)
+    return str(len(raw)).encode() + b":" + raw + message_id.encode()

@@ -1,0 +1,21 @@
+-- hold: an operator pauses a chat's idle timer; the open batch then closes
+-- at its max wait (or on release, or a flush), whatever the chat does.
+-- Appends keep the hold (append.lua reads the meta flag).
+-- KEYS[1] = buf     P:{bN}:buf:<chat>
+-- KEYS[2] = timer   P:{bN}:timer:<chat>
+-- KEYS[3] = meta    P:{bN}:meta:<chat>
+-- KEYS[4] = due     P:{bN}:due
+-- ARGV[1] = chat id
+-- ARGV[2] = max_wait_ms
+-- Returns {0} no open batch, or {1, deadline_ms}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('LLEN', KEYS[1]) == 0 then
+  return {0}
+end
+local opened = tonumber(redis.call('HGET', KEYS[3], 'opened') or now)
+local deadline = opened + tonumber(ARGV[2])
+redis.call('HSET', KEYS[3], 'held', 1)
+redis.call('SET', KEYS[2], '1', 'PX', math.max(deadline - now, 1))
+redis.call('ZADD', KEYS[4], deadline, ARGV[1])
+return {1, deadline}

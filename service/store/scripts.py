@@ -1,0 +1,353 @@
+"""Lua scripts (``lua/*.lua`` beside this module) and one typed wrapper each.
+
+Every state change of the service is one of these scripts: each runs
+atomically, takes every key it touches in KEYS (all in one bucket, so one
+hash slot) and reads the clock with ``TIME`` so that all replicas share one
+clock. Scripts run with EVALSHA; when the server has lost its script cache
+(restart, failover, SCRIPT FLUSH) the script is loaded again and only the
+calls that did not run are repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+
+from service.settings import Settings
+from service.store.keyspace import BucketKeys, ChatKeys, Keyspace
+
+Arg = bytes | str | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        source = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
+        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+APPEND = Script.load("append")
+CLAIM = Script.load("claim")
+ACK = Script.load("ack")
+NACK = Script.load("nack")
+LEASE = Script.load("lease")
+REDELIVER = Script.load("redeliver")
+NUDGE = Script.load("nudge")
+SCAN = Script.load("scan")
+
+Call = tuple[Script, Sequence[bytes], Sequence[Arg]]
+
+
+async def run_script(
+    redis: Redis, script: Script, keys: Sequence[bytes], args: Sequence[Arg]
+) -> Any:
+    try:
+        return await redis.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        # EVAL with the source cannot meet NOSCRIPT (a SCRIPT FLUSH may land
+        # between a SCRIPT LOAD and a retried EVALSHA) and caches the script.
+        return await redis.eval(script.source, len(keys), *keys, *args)
+
+
+class NotReplicated(RedisError):
+    """WAIT: fewer replicas than required acknowledged the writes in time."""
+
+
+async def run_scripts(
+    redis: Redis, calls: Sequence[Call], *, replicas: int = 0, wait_ms: int = 0
+) -> list[Any]:
+    """Run many script calls in one round trip (not atomic as a whole).
+
+    Errors come back in place as exception objects. Calls refused with
+    NOSCRIPT did not run: just those are sent again, as EVAL with the source.
+    With ``replicas``, each pipeline ends with ``WAIT replicas wait_ms`` on
+    its own connection, and ``NotReplicated`` is raised when too few replicas
+    acknowledged the writes.
+    """
+    if not calls:
+        return []
+    results = await _pipeline(redis, calls, with_source=False, replicas=replicas, wait_ms=wait_ms)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        again = await _pipeline(
+            redis,
+            [calls[i] for i in missing],
+            with_source=True,
+            replicas=replicas,
+            wait_ms=wait_ms,
+        )
+        for i, r in zip(missing, again, strict=True):
+            results[i] = r
+    return results
+
+
+async def _pipeline(
+    redis: Redis, calls: Sequence[Call], *, with_source: bool, replicas: int, wait_ms: int
+) -> list[Any]:
+    pipe = redis.pipeline(transaction=False)
+    for script, keys, args in calls:
+        if with_source:
+            pipe.eval(script.source, len(keys), *keys, *args)
+        else:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+    if replicas:
+        pipe.execute_command("WAIT", replicas, wait_ms)
+    results = list(await pipe.execute(raise_on_error=False))
+    if replicas:
+        acked = results.pop()
+        if isinstance(acked, Exception) or int(acked) < replicas:
+            raise NotReplicated(
+                f"only {acked} of {replicas} replica(s) acknowledged within {wait_ms} ms"
+            )
+    return results
+
+
+# --- typed results ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    accepted: bool
+    deadline_ms: int
+    count: int
+    now_ms: int
+    opened_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    seq: int
+    opened_ms: int
+    closed_ms: int
+    deadline_ms: int
+    reason: str
+    attempt: int
+    items: list[bytes]
+
+
+class ClaimOutcome:
+    """Codes of the claim script other than a claimed batch."""
+
+    TIMER_RUNNING = 2
+    NOT_DUE = 3
+    BUSY = 4
+    EMPTY = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nacked:
+    lost: bool = False
+    retry_at_ms: int | None = None
+    dead: bool = False
+    next_due: bool = False
+
+
+# --- calls (keys and arguments in one place) -------------------------------
+
+
+class Scripts:
+    """The service's scripts bound to one client, keyspace and settings.
+
+    ``*_call`` builds a call (for one round trip with ``run_many``),
+    ``parse_*`` turns a script's reply into a typed value.
+    """
+
+    def __init__(self, redis: Redis, keyspace: Keyspace, settings: Settings) -> None:
+        self.redis = redis
+        self.keys = keyspace
+        self.settings = settings
+
+    async def run(self, call: Call) -> Any:
+        return await run_script(self.redis, *call)
+
+    async def run_many(self, calls: Sequence[Call], *, durable: bool = False) -> list[Any]:
+        """``durable``: wait for BATCHER_ACK_REPLICAS replicas (acknowledged writes)."""
+        if durable and self.settings.ack_replicas:
+            return await run_scripts(
+                self.redis,
+                calls,
+                replicas=self.settings.ack_replicas,
+                wait_ms=self.settings.ack_timeout_ms,
+            )
+        return await run_scripts(self.redis, calls)
+
+    def append_call(
+        self,
+        ck: ChatKeys,
+        dedupe_member: bytes,
+        payload: bytes,
+    ) -> Call:
+        b, s = ck.bucket, self.settings
+        return (
+            APPEND,
+            (ck.buf, ck.timer, ck.meta, b.due, b.seen),
+            (
+                ck.chat_id,
+                dedupe_member,
+                payload,
+                s.idle_ms,
+                s.max_wait_ms,
+                s.max_messages,
+                s.dedupe_window_ms,
+                s.max_batch_bytes,
+            ),
+        )
+
+    @staticmethod
+    def parse_append(raw: Any) -> Appended:
+        return Appended(bool(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]))
+
+    def claim_call(
+        self,
+        ck: ChatKeys,
+        batch_id: str,
+        token: str,
+        *,
+        recovered: bool,
+    ) -> Call:
+        b, s = ck.bucket, self.settings
+        return (
+            CLAIM,
+            (ck.buf, ck.timer, ck.meta, b.due, b.inflight, self.keys.proc(b.bucket, batch_id)),
+            (
+                ck.chat_id,
+                batch_id,
+                s.lease_ms,
+                s.max_messages,
+                s.idle_ms,
+                s.max_wait_ms,
+                token,
+                "1" if recovered else "0",
+                s.max_batch_bytes,
+            ),
+        )
+
+    @staticmethod
+    def parse_claim(raw: Any) -> Claimed | Skipped:
+        """The reply of ``claim`` and of ``redeliver`` (same shape)."""
+        if int(raw[0]) != 1:
+            return Skipped(int(raw[0]))
+        return Claimed(
+            seq=int(raw[1]),
+            opened_ms=int(raw[2]),
+            closed_ms=int(raw[3]),
+            deadline_ms=int(raw[4]),
+            reason=_text(raw[5]),
+            attempt=int(raw[6]),
+            items=list(raw[7]),
+        )
+
+    def ack_call(self, ck: ChatKeys, batch_id: str) -> Call:
+        b = ck.bucket
+        return (
+            ACK,
+            (ck.meta, b.inflight, self.keys.proc(b.bucket, batch_id), ck.buf, ck.timer, b.due),
+            (ck.chat_id, batch_id),
+        )
+
+    def nack_call(
+        self,
+        ck: ChatKeys,
+        batch_id: str,
+        token: str,
+        error: str,
+        *,
+        backoff_ms: int,
+    ) -> Call:
+        b, s = ck.bucket, self.settings
+        n = b.bucket
+        return (
+            NACK,
+            (
+                ck.meta,
+                b.inflight,
+                self.keys.proc(n, batch_id),
+                ck.buf,
+                ck.timer,
+                b.due,
+                b.dead,
+                self.keys.dead_batch(n, batch_id),
+                self.keys.dead_info(n, batch_id),
+            ),
+            (ck.chat_id, batch_id, token, error, s.max_attempts, backoff_ms, s.lease_ms),
+        )
+
+    @staticmethod
+    def parse_nack(raw: Any) -> Nacked:
+        code = int(raw[0])
+        if code == 0:
+            return Nacked(lost=True)
+        if code == 1:
+            return Nacked(retry_at_ms=int(raw[1]))
+        return Nacked(dead=True, next_due=bool(int(raw[1])))
+
+    def lease_call(
+        self, ck: ChatKeys, batch_id: str, token: str, *, lease_ms: int, next_attempt: bool
+    ) -> Call:
+        return (
+            LEASE,
+            (ck.meta, ck.bucket.inflight),
+            (ck.chat_id, batch_id, token, lease_ms, "1" if next_attempt else "0"),
+        )
+
+    def redeliver_call(self, ck: ChatKeys, batch_id: str, token: str) -> Call:
+        b = ck.bucket
+        return (
+            REDELIVER,
+            (ck.meta, b.inflight, self.keys.proc(b.bucket, batch_id)),
+            (ck.chat_id, batch_id, token, self.settings.lease_ms),
+        )
+
+    def nudge_call(self, bk: BucketKeys, *, limit: int) -> Call:
+        # Deadlines older than the sweeper's grace are the sweeper's business.
+        window_ms = max(self.settings.sweep_grace_ms, 1)
+        return (NUDGE, (bk.due,), (bk.timer_prefix, window_ms, limit))
+
+    def scan_call(self, bk: BucketKeys, *, limit: int) -> Call:
+        return (SCAN, (bk.due, bk.inflight), (self.settings.sweep_grace_ms, limit))
+
+    @staticmethod
+    def replay_call(keys: Keyspace, ck: ChatKeys, batch_ids: Sequence[str]) -> Call:
+        """Dead batches of one chat (oldest first) back into its open batch."""
+        b = ck.bucket
+        dead_keys: list[bytes] = []
+        for batch_id in batch_ids:
+            dead_keys += [keys.dead_batch(b.bucket, batch_id), keys.dead_info(b.bucket, batch_id)]
+        return (
+            REPLAY,
+            (ck.buf, ck.timer, ck.meta, b.due, b.dead, *dead_keys),
+            (ck.chat_id, *batch_ids),
+        )
+
+    @staticmethod
+    def parse_replay(raw: Any) -> Replayed:
+        return Replayed(batches=int(raw[0]), messages=int(raw[1]))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+REPLAY = Script.load("replay")
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    batches: int  # dead batches put back (0: none was dead-lettered any more)
+    messages: int

@@ -1,0 +1,1 @@
+"""``batcher bench``: the service measured against baselines in the same run."""

@@ -1,0 +1,1 @@
+"""``batcher chaos``: a soak of real services under injected faults."""

@@ -1,0 +1,80 @@
+"""The HTTP service: an app factory whose lifespan runs the engine.
+
+app = create_app(Settings())     # uvicorn service.web.app:app  (or batcher serve)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from service.engine.engine import Engine
+from service.engine.forward import HttpForwarder
+from service.engine.handlers import ConsoleHandler, Handler, load_handler
+from service.settings import Settings
+from service.store.connections import create_redis
+from service.web import admin, generic, ops, whatsapp
+from service.web.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def make_handler(settings: Settings) -> tuple[Handler, HttpForwarder | None]:
+    """BATCHER_HANDLER, else an HTTP forward to BATCHER_FORWARD_URL, else the console."""
+    if settings.handler:
+        return load_handler(settings.handler), None
+    if settings.forward_url:
+        secret = settings.forward_secret
+        forwarder = HttpForwarder(
+            settings.forward_url,
+            secret.get_secret_value().encode() if secret is not None else None,
+            timeout_s=settings.forward_timeout_ms / 1000,
+            max_connections=settings.concurrency,
+        )
+        return forwarder, forwarder
+    return ConsoleHandler(), None
+
+
+def create_app(
+    settings: Settings, *, handler: Handler | None = None, log_checks: bool = True
+) -> Starlette:
+    """The app; its lifespan runs an Engine. ``log_checks=False`` when the
+    start-up checks were just run and shown (``batcher serve`` does)."""
+    if settings.redis_url is None:
+        raise ValueError("create_app needs BATCHER_REDIS_URL (batcher serve starts one)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        assert settings.redis_url is not None
+        redis = create_redis(settings.redis_url.get_secret_value())
+        forwarder = None
+        chosen = handler
+        if chosen is None:
+            chosen, forwarder = make_handler(settings)
+        engine = Engine(redis, settings, chosen, log_checks=log_checks)
+        try:
+            await engine.start()
+            state = AppState(settings, engine)
+            app.state.batcher = state
+            app.state.gauges = ops.Gauges(state)
+            yield
+        finally:
+            await engine.stop()
+            if forwarder is not None:
+                await forwarder.aclose()
+            await redis.aclose()
+
+    routes = [
+        Route("/webhooks/whatsapp", whatsapp.verify, methods=["GET"]),
+        Route("/webhooks/whatsapp", whatsapp.receive, methods=["POST"]),
+        Route("/v1/messages", generic.post_messages, methods=["POST"]),
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
+        *admin.ROUTES,
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

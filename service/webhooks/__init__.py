@@ -1,1 +1,0 @@
-"""Inbound webhook adapters (payload parsing and signature checks)."""

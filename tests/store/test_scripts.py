@@ -1,0 +1,143 @@
+"""The Lua scripts on a real server: append, claim, ack, and what carries a TTL."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from service.engine.batcher import Batcher
+from service.errors import RedisUnavailable
+from service.models import Message
+from service.store.scripts import ClaimOutcome, Scripts, Skipped
+from tests.helpers import fast_settings
+
+
+def batcher_for(client: Redis, url: str, **overrides: int) -> Batcher:
+    return Batcher(client, fast_settings(url, **overrides))
+
+
+async def test_append_arms_timer_and_index(redis_client: Redis, redis_url: str) -> None:
+    b = batcher_for(redis_client, redis_url, idle_ms=500, max_wait_ms=5000)
+    r = await b.add("c1", Message(id="m1", text="hi"))
+    assert r.accepted and r.count == 1
+    assert r.deadline_ms - r.now_ms == 500
+    ck = b.keys.chat("c1")
+    assert 400 < await redis_client.pttl(ck.timer) <= 500
+    assert await redis_client.zscore(ck.bucket.due, "c1") == r.deadline_ms
+    assert await redis_client.llen(ck.buf) == 1
+
+
+async def test_deadline_is_capped_by_max_wait(redis_client: Redis, redis_url: str) -> None:
+    b = batcher_for(redis_client, redis_url, idle_ms=1000, max_wait_ms=1200)
+    first = await b.add("c1", "one")
+    await redis_client.hset(b.keys.chat("c1").meta, "opened", first.now_ms - 1000)
+    second = await b.add("c1", "two")
+    # opened 1000 ms ago: only 200 ms of the 1200 ms max wait remain
+    assert second.deadline_ms == first.now_ms - 1000 + 1200
+
+
+async def test_duplicate_ids_are_dropped(redis_client: Redis, redis_url: str) -> None:
+    b = batcher_for(redis_client, redis_url)
+    assert (await b.add("c1", Message(id="x", text="a"))).accepted
+    dup = await b.add("c1", Message(id="x", text="a again"))
+    assert dup.duplicate and dup.count == 1
+    # the same id in another chat is another message
+    assert (await b.add("c2", Message(id="x", text="b"))).accepted
+    assert await redis_client.llen(b.keys.chat("c1").buf) == 1
+
+
+async def test_dedupe_window_trims_old_entries(redis_client: Redis, redis_url: str) -> None:
+    b = batcher_for(redis_client, redis_url, dedupe_window_ms=1)
+    await b.add("c1", Message(id="old", text="a"))
+    seen = b.keys.chat("c1").bucket.seen
+    await redis_client.zadd(seen, {b"stale": 1})
+    await b.add("c1", Message(id="new", text="b"))
+    members = await redis_client.zrange(seen, 0, -1)
+    assert b"stale" not in members
+
+
+async def test_claim_outcomes(redis_client: Redis, redis_url: str) -> None:
+    b = batcher_for(redis_client, redis_url)
+    s: Scripts = b.scripts
+    ck = b.keys.chat("c1")
+    await b.add("c1", "hello")
+
+    def claim(batch_id: str) -> object:
+        return s.claim_call(ck, batch_id, "tok", recovered=False)
+
+    # timer still running: not idle
+    got = Scripts.parse_claim(await s.run(claim("b1")))
+    assert got == Skipped(ClaimOutcome.TIMER_RUNNING)
+    await redis_client.delete(ck.timer)
+    got = Scripts.parse_claim(await s.run(claim("b1")))
+    assert not isinstance(got, Skipped)
+    assert got.seq == 1 and got.reason == "idle" and len(got.items) == 1
+    proc = b.keys.proc(ck.bucket.bucket, "b1")
+    assert await redis_client.ttl(proc) == -1  # processing keys never expire
+    # second claimer: taken
+    assert Scripts.parse_claim(await s.run(claim("b2"))) == Skipped(ClaimOutcome.NOT_DUE)
+
+    # next batch while b1 is in flight: parked, not claimed
+    await b.add("c1", "more")
+    await redis_client.delete(ck.timer)
+    busy = Scripts.parse_claim(await s.run(claim("b3")))
+    assert busy == Skipped(ClaimOutcome.BUSY)
+    lease = await redis_client.zscore(ck.bucket.inflight, "c1")
+    assert await redis_client.zscore(ck.bucket.due, "c1") == lease
+
+    # ack: b1 gone, the waiting batch is due at once
+    acked, nxt = await s.run(s.ack_call(ck, "b1"))
+    assert (acked, nxt) == (1, 1)
+    assert not await redis_client.exists(proc)
+    got = Scripts.parse_claim(await s.run(claim("b4")))
+    assert not isinstance(got, Skipped) and got.seq == 2
+    # acking twice is harmless
+    assert (await s.run(s.ack_call(ck, "b1")))[0] == 0
+
+
+async def test_only_timers_ever_expire(redis_client: Redis, redis_url: str) -> None:
+    b = batcher_for(redis_client, redis_url)
+    for chat in ("a", "b", "c"):
+        await b.add(chat, Message(id=f"{chat}1", text="x"))
+    ck = b.keys.chat("a")
+    await redis_client.delete(ck.timer)
+    await b.scripts.run(b.scripts.claim_call(ck, "bid", "tok", recovered=False))
+    async for key in redis_client.scan_iter(match=b.keys.pattern()):
+        ttl = await redis_client.pttl(key)
+        if b":timer:" in key:
+            assert ttl > 0
+        else:
+            assert ttl == -1, key
+
+
+async def test_out_of_memory_append_writes_nothing(redis_client: Redis, redis_url: str) -> None:
+    b = batcher_for(redis_client, redis_url)
+    await b.add("c1", "before")
+    ck = b.keys.chat("c1")
+    await redis_client.pexpire(ck.timer, 100_000)  # mark the timer to see it untouched
+    used = int((await redis_client.info("memory"))["used_memory"])
+    await redis_client.config_set("maxmemory", str(used // 2))
+    try:
+        with pytest.raises(RedisUnavailable, match="maxmemory"):
+            await b.add("c1", "x" * 10_000)
+        assert await redis_client.llen(ck.buf) == 1
+        assert await redis_client.pttl(ck.timer) > 99_000  # not refreshed
+        # draining still works under OOM: claim and ack free memory
+        await redis_client.delete(ck.timer)
+        raw = await b.scripts.run(b.scripts.claim_call(ck, "b1", "t", recovered=False))
+        assert raw[0] == 1
+    finally:
+        await redis_client.config_set("maxmemory", "0")
+    assert (await b.add("c1", "after")).accepted
+
+
+async def test_script_errors_are_not_swallowed(redis_client: Redis, redis_url: str) -> None:
+    b = batcher_for(redis_client, redis_url)
+    ck = b.keys.chat("c1")
+    await redis_client.set(ck.buf, "not a list")
+    await redis_client.zadd(ck.bucket.due, {"c1": 1})
+    with pytest.raises(RedisUnavailable, match="WRONGTYPE"):
+        await b.add("c1", "x")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await b.scripts.run(b.scripts.claim_call(ck, "b", "t", recovered=False))

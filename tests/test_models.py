@@ -1,0 +1,58 @@
+"""service.models: the message model keeps its own rules (nesting depth)
+wherever a message is made, not only at the HTTP door."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from service import Batch, Message
+from service.models import MAX_DATA_DEPTH
+from tests.helpers import running_engine, wait_until
+
+
+def nested(depth: int) -> Any:
+    node: Any = "leaf"
+    for _ in range(depth):
+        node = {"k": node}
+    return node
+
+
+def test_deep_data_is_refused_when_the_message_is_made() -> None:
+    with pytest.raises(ValidationError, match="nested deeper than 32 levels") as info:
+        Message(id="m1", data=nested(300))
+    assert info.value.errors()[0]["loc"] == ("data",)
+
+
+def test_deep_data_is_refused_when_assigned() -> None:
+    message = Message(id="m1", data={"ok": True})
+    with pytest.raises(ValidationError, match="nested deeper"):
+        message.data = nested(MAX_DATA_DEPTH + 1)
+    assert message.data == {"ok": True}
+
+
+async def test_the_deepest_allowed_data_goes_through_engine_add(
+    redis_url: str, redis_client: Redis
+) -> None:
+    """Engine.add with data nested MAX_DATA_DEPTH deep: stored, delivered, and the
+    batch serialises for a forward. One level more cannot even be made."""
+    bodies: list[str] = []
+
+    async def handler(batch: Batch) -> None:
+        bodies.append(batch.model_dump_json())
+
+    deepest = nested(MAX_DATA_DEPTH)
+    async with running_engine(redis_url, handler) as engine:
+        with pytest.raises(ValidationError):
+            await engine.add("deep", Message(id="too-deep", data=nested(MAX_DATA_DEPTH + 1)))
+        assert await redis_client.keys("*deep*") == []  # nothing of it was stored
+        result = await engine.add("deep", Message(id="deepest", data=deepest))
+        assert result.accepted
+        await wait_until(lambda: len(bodies) == 1, 5.0)
+    (body,) = bodies
+    [message] = json.loads(body)["messages"]
+    assert message["id"] == "deepest" and message["data"] == deepest
