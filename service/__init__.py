@@ -21,8 +21,9 @@ imported by the others). ``docs/architecture.md`` has the whole map.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from service.lazy import lazy_names
 
 if TYPE_CHECKING:
     from service.engine import Batcher, Engine, Handler
@@ -55,13 +56,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'service' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOMES)
 
 
 __all__ = [

@@ -114,6 +114,7 @@ def _print_next_steps(data_dir: Path) -> None:
         "[dim]in another terminal of this directory:[/]\n"
         f"  {here}uv run batcher check\n"
         f"  {here}uv run batcher watch\n"
+        f"  {here}uv run batcher show <chat id>\n"
         f"  {here}uv run batcher dead list",
         soft_wrap=True,
     )
