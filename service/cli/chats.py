@@ -19,7 +19,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from service.cli.console import duration
+from service.cli.console import duration, plural
 from service.cli.dead import clean
 from service.cli.setup import EXIT_FAILED, EXIT_FOUND, EXIT_OK, add_redis_url, url_of, with_settings
 from service.settings import Settings
@@ -89,14 +89,17 @@ def run_action(args: argparse.Namespace, settings: Settings, console: Console | 
             if dropped is None:
                 return _nothing(out, chat)
             batch_id, size = dropped
-            out.print(clean(f"dropped {size} messages of {chat} into dead batch {batch_id} "
+            what = plural(size, "message")
+            out.print(clean(f"dropped {what} of {chat} into dead batch {batch_id} "
                             f"(`batcher dead replay {batch_id}` puts them back)"))  # fmt: skip
             return EXIT_OK
         if args.command == "flush":
             flushed = await chats.flush(chat)
             if flushed is None:
                 return _nothing(out, chat)
-            out.print(clean(f"flushed {chat}: its batch of {flushed} messages closes now"))
+            out.print(
+                clean(f"flushed {chat}: its batch of {plural(flushed, 'message')} closes now")
+            )
             return EXIT_OK
         deadline = await (chats.hold if args.command == "hold" else chats.release)(chat)
         if deadline is None:

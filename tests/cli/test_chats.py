@@ -52,7 +52,7 @@ async def test_commands_act_on_one_chat(redis_url: str, redis_client: Redis) -> 
 
         await engine.add("c1", Message(id="m3", text="spam"))
         code, said = await asyncio_run_action("drop", "c1", settings)
-        assert code == 0 and said.startswith("dropped 1 messages of c1 into dead batch")
+        assert code == 0 and said.startswith("dropped 1 message of c1 into dead batch")
         state = await Chats(redis_client, settings).read("c1")
         assert state.open is None and len(state.dead) == 1 and state.seq == 1
 
