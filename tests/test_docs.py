@@ -87,6 +87,16 @@ def test_the_configuration_doc_names_only_real_settings() -> None:
     )
 
 
+def test_the_settings_table_has_no_duplicate_rows() -> None:
+    names = [
+        line.split("|")[1].strip().strip("`")
+        for line in CONFIG_DOC.read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `BATCHER_")
+    ]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    assert not twice, f"docs/configuration.md has more than one row for {', '.join(twice)}"
+
+
 def test_the_settings_table_has_every_field_and_its_default() -> None:
     rows = table_defaults()
     fields = {name.upper(): info for name, info in Settings.model_fields.items()}
