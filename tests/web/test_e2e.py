@@ -19,17 +19,14 @@ import hashlib
 import hmac
 import itertools
 import json
-import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +37,9 @@ from redis.exceptions import RedisError
 
 from service.store.backlog import read_backlog
 from service.store.connections import create_redis
-from service.store.embedded import RedisServer, _pdeathsig_preexec, free_port
+from service.store.embedded import RedisServer
 from service.store.keyspace import Keyspace, seen_member
+from service.tooling.procs import ServiceProc
 from service.tooling.sink import HANG, Received, Reply, Sink
 from tests.helpers import FIXTURES as FIXTURES_ROOT
 
@@ -72,81 +70,7 @@ MESSAGE_FIELDS = {"id", "type", "text", "sent_at", "received_at", "source", "dat
 # --- the service as a subprocess ------------------------------------------------------------
 
 
-@dataclass
-class Service:
-    """One ``batcher serve`` process."""
-
-    env: dict[str, str]
-    log_path: Path
-    cwd: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHER_")}
-        env.update(self.env, BATCHER_PORT=str(self.port), BATCHER_HOST="127.0.0.1")
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve"],
-                cwd=self.cwd,  # no stray .env is read
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_pdeathsig_preexec(),  # dies with the test run, whatever happens
-            )
-
-    async def wait_ready(self, client: httpx.AsyncClient, timeout_s: float = 30.0) -> None:
-        """Poll ``GET /readyz`` until 200 (the process announces readiness no other way)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                pytest.fail(f"service exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(self.url + "/readyz")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                pytest.fail(f"service not ready after {timeout_s}s:\n{self.log_tail()}")
-            await asyncio.sleep(0.02)
-
-    async def terminate(self, timeout_s: float = 20.0) -> int:
-        """SIGTERM, then wait for the exit (off the event loop: the sink keeps serving)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.proc.wait, timeout_s)
-
-    def stop_now(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self, lines: int = 80) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_text().splitlines():
-            with contextlib.suppress(ValueError):
-                doc = json.loads(line)
-                if isinstance(doc, dict) and doc.get("event") == name:
-                    out.append(doc)
-        return out
-
-
+Service = ServiceProc
 StartService = Callable[..., Awaitable[Service]]
 
 
@@ -188,7 +112,8 @@ def start_service(tmp_path: Path, sink: Sink, client: httpx.AsyncClient) -> Iter
         base.update(
             {k if k.startswith("BATCHER_") else f"BATCHER_{k}": str(v) for k, v in env.items()}
         )
-        svc = Service(base, tmp_path / f"service-{len(services)}.log", tmp_path)
+        name = f"service-{len(services)}"
+        svc = Service(name, base, tmp_path / f"{name}.log", tmp_path)
         services.append(svc)
         svc.start()
         await svc.wait_ready(client)
@@ -827,7 +752,7 @@ async def test_sigterm_during_traffic_loses_nothing(
     await send_with_gaps(client, svc, b, [0.02, 0.0])  # B's burst is open
     acked |= {m.wamid for m in b}
     sigterm_at = time.monotonic()
-    code = await svc.terminate()
+    code = await svc.signal_and_wait(signal.SIGTERM, 20.0)
     stopped_in = time.monotonic() - sigterm_at
     stop_c.set()
     await c_task

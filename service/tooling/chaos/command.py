@@ -37,11 +37,11 @@ from service.store.embedded import RedisServer
 from service.tooling.chaos.driver import Driver, Traffic
 from service.tooling.chaos.faults import KINDS, Injector, Rig
 from service.tooling.chaos.monitor import Monitor
-from service.tooling.chaos.procs import ServiceProc
 from service.tooling.chaos.proxy import ChaosProxy
 from service.tooling.chaos.report import Timing, reconcile
 from service.tooling.chaos.state import drain, dump, service_events
 from service.tooling.chaos.table import render
+from service.tooling.procs import ServiceProc
 from service.tooling.sink import Sink
 
 SERVICE_SETTINGS = {

@@ -20,8 +20,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.store.embedded import RedisServer
-from service.tooling.chaos.procs import ServiceProc
 from service.tooling.chaos.proxy import ChaosProxy
+from service.tooling.procs import ServiceProc
 from service.tooling.sink import Sink
 
 # kind -> what it does (shown in the report)

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from service.tooling.chaos.faults import Fault
-from service.tooling.chaos.procs import ServiceProc
+from service.tooling.procs import ServiceProc
 
 WATCHED = {
     "batcher_sweeps": "sweeper",

@@ -17,8 +17,8 @@ from service.store.backlog import read_backlog
 from service.store.keyspace import Keyspace
 from service.tooling.chaos.driver import Driver
 from service.tooling.chaos.faults import Rig, admin_call
-from service.tooling.chaos.procs import ServiceProc
 from service.tooling.chaos.report import Leftovers
+from service.tooling.procs import ServiceProc
 from service.tooling.sink import Sink
 
 COUNTED_EVENTS = (

@@ -1,14 +1,19 @@
-"""The service processes of the chaos soak: real ``batcher serve`` (uvicorn)."""
+"""Real ``batcher serve`` processes for the chaos soak and the end-to-end
+tests: started on a fixed port (kept across restarts), with a clean
+``BATCHER_*`` environment, logging to a file, dying with their parent."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -61,7 +66,7 @@ class ServiceProc:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
                 raise RuntimeError(
-                    f"{self.name} exited ({code}) during start-up: see {self.log_path}"
+                    f"{self.name} exited ({code}) during start-up:\n{self.log_tail()}"
                 )
             try:
                 if (await client.get(self.url + "/readyz", timeout=2.0)).status_code == 200:
@@ -69,7 +74,7 @@ class ServiceProc:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not ready after {timeout_s}s: see {self.log_path}")
+                raise TimeoutError(f"{self.name} not ready after {timeout_s}s:\n{self.log_tail()}")
             await asyncio.sleep(0.05)
 
     async def signal_and_wait(self, sig: signal.Signals, timeout_s: float = 30.0) -> int:
@@ -90,3 +95,30 @@ class ServiceProc:
     async def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             await self.signal_and_wait(signal.SIGTERM, 30.0)
+
+    def stop_now(self) -> None:
+        """SIGTERM and wait, off any event loop (teardown); SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines (``BATCHER_LOG_FORMAT=json``) of one event."""
+        out = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if isinstance(doc, dict) and doc.get("event") == name:
+                    out.append(doc)
+        return out
