@@ -27,20 +27,21 @@ from service.providers.whatsapp import (
 from tests.helpers import FIXTURES as FIXTURES_ROOT
 
 SECRET = b"test-app-secret"
-SIGNED_UNICODE_HEADER = "sha256=bec506bbce266439777d8bcd80a5bd76d45b84a141c8e5f26212e247651142bd"
-PHONE_ID = "200000000000002"
-ANA, BRUNO = "15550111111", "15550122222"
+SIGNED_UNICODE_HEADER = "sha256=593b8daa3361a5b5112cae45ef7b791c9fc31dab1611b1dc9f38141f0b676ba1"
+PHONE_ID = "127350894416205"
+ANA, BRUNO = "15550136724", "15550158390"
 
 # A second test vector, written inline: one line, exact bytes.
 VECTOR_BODY = (
-    b'{"object":"whatsapp_business_account","entry":[{"id":"100000000000001","changes":[{"value":'
-    b'{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550100000",'
-    b'"phone_number_id":"200000000000002"},"contacts":[{"profile":{"name":"Ana"},'
-    b'"wa_id":"15550111111"}],"messages":[{"from":"15550111111","id":"wamid.TESTVECTOR01",'
-    b'"timestamp":"1767225600","type":"text","text":{"body":"caf\\u00e9 \\ud83d\\udc4d"}}]},'
+    b'{"object":"whatsapp_business_account","entry":[{"id":"118402755301946","changes":[{"value":'
+    b'{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550104477",'
+    b'"phone_number_id":"127350894416205"},"contacts":[{"profile":{"name":"Ana"},'
+    b'"wa_id":"15550136724"}],"messages":[{"from":"15550136724",'
+    b'"id":"wamid.HBgLMTU1NTAxMzY3MjQVAgASGBQzRUIwVkVDVE9SMDAwMDAwMDAwMQA=",'
+    b'"timestamp":"1767226000","type":"text","text":{"body":"na\\u00efve \\ud83c\\udf89"}}]},'
     b'"field":"messages"}]}]}'
 )
-VECTOR_HEADER = "sha256=22dcdb8d4103de40c3677ec063f125f948d8dd7db6be2362809195f96bbbad04"
+VECTOR_HEADER = "sha256=93d83376775dd045a98ede17b0ad03ff3fd9db761a7eefe4f6ead9beaf2e9609"
 
 
 FIXTURES = FIXTURES_ROOT / "whatsapp"
@@ -70,7 +71,7 @@ def msg(mid: str = "wamid.A", frm: str | None = ANA, type_: str = "text", **extr
 def value(*messages: Any, phone_id: str = PHONE_ID, **extra: Any) -> Any:
     doc: dict[str, Any] = {
         "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550100000", "phone_number_id": phone_id},
+        "metadata": {"display_phone_number": "15550104477", "phone_number_id": phone_id},
     }
     if messages:
         doc["messages"] = list(messages)
@@ -171,7 +172,7 @@ def test_reference_vector() -> None:
     for again in (json.dumps(doc), json.dumps(doc, separators=(",", ":"), ensure_ascii=False)):
         assert not signature_valid(SECRET, again.encode(), VECTOR_HEADER)
     chat_id, message = parse_webhook(doc).messages[0]
-    assert (chat_id, message.text) == (f"wa:{PHONE_ID}:{ANA}", "caf\u00e9 \U0001f44d")
+    assert (chat_id, message.text) == (f"wa:{PHONE_ID}:{ANA}", "na\u00efve \U0001f389")
 
 
 def test_empty_secret_never_validates() -> None:
@@ -187,7 +188,7 @@ def test_text_single() -> None:
     assert (parsed.statuses, parsed.errors, parsed.skipped) == (0, 0, 0)
     [(chat_id, m)] = parsed.messages
     assert chat_id == f"wa:{PHONE_ID}:{ANA}"
-    assert m.id == "wamid.HBgLMTU1NTAxMTExMTEVAgASGBQzRUIwQzFBMkIzQzRENUU2RjcwOAA="
+    assert m.id == "wamid.HBgLMTU1NTAxMzY3MjQVAgASGBQzRUIwOTgyMjE2M0FGQTNCN0ZBMAA="
     assert (m.type, m.text, m.sent_at, m.source) == (
         "text",
         "good morning, is the shop open today?",
@@ -550,7 +551,7 @@ P1 = "entry[0].changes[1].value"
         bad((*M1, "id"), 12, f"{P1}.messages[0].id must be a non-empty string", "id-int"),
         bad((*M1, "id"), "", f"{P1}.messages[0].id must be a non-empty string", "id-empty"),
         bad((*M1, "type"), ["image"], f"{P1}.messages[0].type must be", "type-list"),
-        bad((*M1, "from"), 15550111111, f"{P1}.messages[0].from must be a string", "from-int"),
+        bad((*M1, "from"), int(ANA), f"{P1}.messages[0].from must be a string", "from-int"),
         bad((*M1, "from"), "", f"{P1}.messages[0] has neither 'from' nor", "no-sender"),
         bad((*M1, "from_user_id"), 7, f"{P1}.messages[0].from_user_id must be", "bsuid-int"),
         bad((*V1, "metadata"), DROP, f"{P1}.metadata must be an object", "metadata-missing"),

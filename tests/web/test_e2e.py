@@ -50,7 +50,7 @@ APP_SECRET = (
 )
 VERIFY_TOKEN = "e2e-verify-token"
 FORWARD_SECRET = "e2e-forward-secret"
-PHONE_ID = "200000000000002"  # metadata.phone_number_id of the fixtures
+PHONE_ID = "127350894416205"  # metadata.phone_number_id of the fixtures
 IDLE_MS = 250
 KEYS = Keyspace()  # the service's defaults: prefix "batcher", 16 buckets
 
@@ -563,7 +563,7 @@ async def test_statuses_only_payload_opens_no_batch(
         await sink.wait_for(lambda: len(sink.acked()) == 1, 5)
         await wait_drained(rc)
     (rec,) = sink.received
-    assert rec.chat_id == f"wa:{PHONE_ID}:15550111111"
+    assert rec.chat_id == f"wa:{PHONE_ID}:15550136724"
     assert rec.texts == ["good morning, is the shop open today?"]
     assert abs(rec.batch["opened_at"] - rec.batch["messages"][0]["received_at"]) < 0.002
 
@@ -583,7 +583,7 @@ async def test_signatures_checked_over_the_raw_bytes(
     server = redis_factory()
     svc = await start_service(server)
     raw = fixture_bytes("signed_unicode.body")
-    documented = "sha256=bec506bbce266439777d8bcd80a5bd76d45b84a141c8e5f26212e247651142bd"
+    documented = "sha256=593b8daa3361a5b5112cae45ef7b791c9fc31dab1611b1dc9f38141f0b676ba1"
     assert hub_signature(raw) == documented  # the vector and our signer agree
     reserialised = json.dumps(json.loads(raw), ensure_ascii=False).encode()
     digest = documented.removeprefix("sha256=")
@@ -612,7 +612,7 @@ async def test_signatures_checked_over_the_raw_bytes(
         await wait_drained(rc)
     (rec,) = sink.received
     assert_forward_headers(rec)
-    assert rec.chat_id == f"wa:{PHONE_ID}:15550111111"
+    assert rec.chat_id == f"wa:{PHONE_ID}:15550136724"
     assert rec.texts == ["Bom dia! Quero mudar a entrega para sábado 🚚 — Belém"]
     assert rec.batch["messages"][0]["data"]["profile_name"] == "Ana Costa"
 
