@@ -77,18 +77,21 @@ def with_redis(args: argparse.Namespace, settings: Settings) -> Settings:
         return settings
     running = find_running(Path(settings.data_dir).absolute())
     if running is None:
-        url_of(settings, args.command)  # raises NoRedis
-    assert running is not None
+        raise no_redis(args.command)
     return settings.model_copy(update={"redis_url": SecretStr(running.url)})
+
+
+def no_redis(command: str) -> NoRedis:
+    return NoRedis(
+        f"batcher {command}: no Redis to read. Start `batcher serve` in this "
+        "directory, or set BATCHER_REDIS_URL, or pass --redis-url"
+    )
 
 
 def url_of(settings: Settings, command: str) -> str:
     """The Redis URL a reading command was given (``with_redis`` resolved it)."""
     if settings.redis_url is None:
-        raise NoRedis(
-            f"batcher {command}: no Redis to read. Start `batcher serve` in this "
-            "directory, or set BATCHER_REDIS_URL, or pass --redis-url"
-        )
+        raise no_redis(command)
     return settings.redis_url.get_secret_value()
 
 
