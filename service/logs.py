@@ -13,6 +13,11 @@ from typing import Any
 LEVELS = {
     "appended": logging.DEBUG,  # one per message: quiet in production
     "duplicate": logging.DEBUG,
+    "edited": logging.INFO,  # an edit applied to a message of the open batch
+    "revoked": logging.INFO,  # a revoke took a message out of the open batch
+    "emptied": logging.INFO,  # ... and it was the batch's last: never delivered
+    "rejected": logging.WARNING,  # a message no chat can be named for: kept aside
+    "provider_error": logging.WARNING,  # an error the provider reported (value.errors)
     "claimed": logging.INFO,
     "delivered": logging.INFO,
     "batch": logging.INFO,  # the default handler's output

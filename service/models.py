@@ -42,10 +42,43 @@ Data = Annotated[Any, AfterValidator(_shallow_enough)]
 Reason = Literal["idle", "max_wait", "max_messages", "max_bytes", "recovered", "manual"]
 
 
+class Sender(BaseModel):
+    """Who wrote a message. ``id`` is the key the chat is batched by."""
+
+    id: str
+    name: str | None = None  # profile name
+    phone: str | None = None
+    user_id: str | None = None  # a provider's own user id (WhatsApp: business-scoped)
+    username: str | None = None
+    country_code: str | None = None
+
+
+class Media(BaseModel):
+    """An attachment, as the provider describes it (fetch it with the provider's API)."""
+
+    id: str | None = None
+    mime_type: str | None = None
+    sha256: str | None = None
+    caption: str | None = None
+    filename: str | None = None
+    url: str | None = None
+    voice: bool | None = None
+    animated: bool | None = None
+
+
+class Reaction(BaseModel):
+    """A reaction to an earlier message; ``emoji`` is None when it is removed."""
+
+    message_id: str
+    emoji: str | None = None
+
+
 class Message(BaseModel):
     """One chat message. ``received_at`` is stamped by Redis when it is stored.
 
-    ``data`` is checked when the message is made and when it is assigned.
+    ``data`` is the provider's original object, checked when the message is
+    made and when it is assigned. The fields between ``text`` and ``data``
+    are the provider's fields, read once so that a bot need not parse them.
     """
 
     model_config = ConfigDict(validate_assignment=True)
@@ -56,17 +89,33 @@ class Message(BaseModel):
     sent_at: float | None = None
     received_at: float | None = None
     source: str = "api"
+    sender: Sender | None = None
+    media: Media | None = None
+    reply_to: str | None = None  # the id of the message this one answers
+    forwarded: bool = False
+    referral: dict[str, Any] | None = None  # the ad or post the user came from
+    reaction: Reaction | None = None
+    target_id: str | None = None  # the message an edit or a revoke is about
+    edited_at: float | None = None  # set when an edit was applied in the open batch
+    history: list[Message] = Field(default_factory=list)  # the edits applied, oldest first
+    errors: list[dict[str, Any]] = Field(default_factory=list)  # the provider's, as given
+    warnings: list[str] = Field(default_factory=list)  # fields that could not be read
     data: Data = Field(default_factory=dict)
+    # Where the message came in (provider account, business number): lifted
+    # onto the batch, not repeated in each delivered message.
+    channel: dict[str, str] | None = Field(default=None, exclude=True)
 
     def stored_json(self) -> bytes:
-        """The JSON kept in Redis (``received_at`` travels beside it)."""
-        doc: dict[str, Any] = {"id": self.id, "type": self.type, "source": self.source}
-        if self.text is not None:
-            doc["text"] = self.text
-        if self.sent_at is not None:
-            doc["sent_at"] = self.sent_at
-        if self.data is not None and self.data != {}:
-            doc["data"] = self.data
+        """The JSON kept in Redis (``received_at`` travels beside it).
+
+        ``id`` comes first: the append script finds a message by that prefix.
+        """
+        doc = self.model_dump(
+            exclude_defaults=True, exclude={"id", "received_at", "channel", "history"}
+        )
+        doc = {"id": self.id, "type": self.type, "source": self.source} | doc
+        if self.channel:
+            doc["channel"] = self.channel
         text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
         try:
             return text.encode("utf-8")
@@ -75,14 +124,46 @@ class Message(BaseModel):
             # text: they could be stored, but never forwarded as UTF-8 JSON.
             return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
 
+    def with_edit(self, edit: Message) -> Message:
+        """This message as the ``edit`` (type "edit") left it: same id and place."""
+        update: dict[str, Any] = {
+            "text": edit.text,
+            "edited_at": edit.sent_at if edit.sent_at is not None else edit.received_at,
+            "history": [*self.history, edit],
+        }
+        if edit.media is not None:
+            update["media"] = edit.media
+        return self.model_copy(update=update)
+
+
+def message_prefix(message_id: str) -> bytes:
+    """How the stored JSON of message ``message_id`` begins (see ``stored_json``)."""
+    return b'{"id":' + json.dumps(message_id, ensure_ascii=False).encode("utf-8", "replace") + b","
+
 
 def decode_item(raw: bytes) -> Message:
-    """Inverse of the append script's ``"<received_ms>\\t<json>"``."""
-    head, _, body = raw.partition(b"\t")
+    """Inverse of the append script's ``"<received_ms>\t<json>"``.
+
+    An item may go on with ``"\t<received_ms>\t<json>"`` pairs: the edits the
+    append script applied to the message while its batch was open.
+    """
+    parts = raw.split(b"\t")
+    message = _decode(parts[0], parts[1])
+    for i in range(2, len(parts) - 1, 2):
+        message = message.with_edit(_decode(parts[i], parts[i + 1]))
+    return message
+
+
+def _decode(received_ms: bytes, body: bytes) -> Message:
     doc = json.loads(body)
-    doc["received_at"] = int(head) / 1000
-    # Written by this service from a validated Message: no need to validate again.
-    return Message.model_construct(**doc)
+    doc["received_at"] = int(received_ms) / 1000
+    if doc.keys() <= _PLAIN_KEYS:
+        # Written by this service from a validated Message: no need to validate again.
+        return Message.model_construct(**doc)
+    return Message.model_validate(doc)
+
+
+_PLAIN_KEYS = frozenset(("id", "type", "text", "sent_at", "received_at", "source", "data"))
 
 
 def order_messages(items: list[bytes]) -> list[Message]:
@@ -98,6 +179,11 @@ def order_messages(items: list[bytes]) -> list[Message]:
     return [m for _, m in keyed]
 
 
+def channel_of(messages: list[Message]) -> dict[str, str] | None:
+    """The channel a batch came in through: its latest message's."""
+    return next((m.channel for m in reversed(messages) if m.channel), None)
+
+
 class Batch(BaseModel):
     """A closed batch, as delivered to a handler or forwarded over HTTP."""
 
@@ -109,6 +195,9 @@ class Batch(BaseModel):
     opened_at: float
     closed_at: float
     messages: list[Message]
+    # The provider account the chat is with (WhatsApp: phone_number_id,
+    # display_phone_number, waba_id); None for the generic endpoint.
+    channel: dict[str, str] | None = None
     # When the batch became due (the idle or max-wait deadline): flush lag is
     # measured from here. Not part of the JSON contract.
     deadline_at: float = Field(default=0.0, exclude=True)
@@ -125,6 +214,10 @@ class AddResult:
     count: int  # messages in the open batch
     now_ms: int  # Redis time of the append
     max_wait_left_ms: int = 0  # until the batch closes even if the chat never pauses
+    # "appended", "duplicate"; or, for an edit or a revoke whose original was
+    # still in the open batch, "edited", "revoked", or "emptied" (the revoke
+    # took the batch's last message: that batch is gone, never delivered).
+    outcome: str = "appended"
 
     @property
     def duplicate(self) -> bool:

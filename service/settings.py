@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     whatsapp_app_secret: SecretStr | None = None
     whatsapp_verify_token: SecretStr | None = None
+    whatsapp_groups: Literal["group", "member"] = Field(
+        default="group",
+        description="WhatsApp group messages: one batch per group, or per member (each "
+        "member's own chat).",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token of the admin endpoints (/v1/chats/...); unset: they answer 404.",

@@ -78,6 +78,18 @@ class Stats:
             ["source", "outcome"],
             registry=r,
         )
+        self.rejected = Counter(
+            "batcher_rejected_messages",
+            "Messages no chat could be named for, kept in the rejected store, by source",
+            ["source"],
+            registry=r,
+        )
+        self.provider_errors = Counter(
+            "batcher_provider_errors",
+            "Errors a provider reported beside the messages, by source and code",
+            ["source", "code"],
+            registry=r,
+        )
         self.requests = Counter(
             "batcher_http_requests",
             "Webhook requests, by endpoint and status",

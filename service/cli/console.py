@@ -32,6 +32,11 @@ CHAT_WIDTH = 22
 STYLES: dict[str, tuple[str, str]] = {
     "appended": ("+", "cyan"),
     "duplicate": ("=", "dim"),
+    "edited": ("~", "cyan"),
+    "revoked": ("-", "cyan"),
+    "emptied": ("-", "cyan"),
+    "rejected": ("✗", "yellow"),
+    "provider_error": ("!", "yellow"),
     "claimed": (">", "blue"),
     "delivered": ("✓", "green"),
     "batch": ("»", "bold green"),
@@ -114,6 +119,9 @@ def _fields(event: str, f: dict[str, Any]) -> str:
             f"  max wait {duration(f['max_wait_left_ms'])}"
         ),
         "duplicate": lambda f: f"id={f['id']}",
+        "edited": lambda f: f"id={f['id']}  size={f['size']}",
+        "revoked": lambda f: f"id={f['id']}  size={f['size']}",
+        "emptied": lambda f: f"id={f['id']}  the open batch is gone, nothing to deliver",
         "claimed": lambda f: (
             f"{plural(f['size'], 'message')}  {f['reason']}  open {duration(f['open_ms'])}"
             f"  lag {duration(f['lag_ms'])}"

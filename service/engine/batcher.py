@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.engine.coalescer import Coalescer
-from service.errors import InvalidMessage, MessageTooLarge, RedisUnavailable
+from service.errors import BatcherError, InvalidMessage, MessageTooLarge, RedisUnavailable
 from service.logs import emit
-from service.models import AddResult, Message
+from service.models import AddResult, Message, message_prefix
 from service.settings import Settings
 from service.store.keyspace import Keyspace, seen_member
 from service.store.scripts import Call, Scripts
@@ -24,6 +24,11 @@ from service.store.scripts import Call, Scripts
 log = logging.getLogger(__name__)
 
 MAX_CHAT_ID_BYTES = 4096
+
+# Message types that change an earlier message (named by ``target_id``): the
+# append script applies them to it while it is still in the open batch.
+CHANGES = frozenset(("edit", "revoke"))
+_OUTCOMES = {0: "duplicate", 1: "appended", 2: "edited", 3: "revoked", 4: "emptied"}
 
 
 def new_id() -> str:
@@ -45,29 +50,67 @@ class Batcher:
     async def add_many(self, items: Sequence[tuple[str, Message | str]]) -> list[AddResult]:
         """Append several messages in one round trip (shared with concurrent callers).
 
-        Raises ``RedisUnavailable`` when any of them could not be stored: the
-        caller must not acknowledge the lot (they are idempotent by message
-        id, so a retry stores the missing ones and skips the others).
+        An invalid message (``InvalidMessage``, ``MessageTooLarge``) is raised
+        before anything is sent. Raises ``RedisUnavailable`` when any of them
+        could not be stored: the caller must not acknowledge the lot (they are
+        idempotent by message id, so a retry stores the missing ones and
+        skips the others).
         """
-        calls: list[Call] = []
-        msgs: list[tuple[str, Message]] = []
+        prepared = self._prepare(items)
+        for p in prepared:
+            if isinstance(p, BatcherError):
+                raise p
+        return [r for r in await self._send(prepared) if isinstance(r, AddResult)]
+
+    async def add_each(
+        self, items: Sequence[tuple[str, Message | str]]
+    ) -> list[AddResult | BatcherError]:
+        """Like ``add_many``, but an invalid message comes back in its place,
+        as the error, and costs the others nothing."""
+        return await self._send(self._prepare(items))
+
+    def _prepare(
+        self, items: Sequence[tuple[str, Message | str]]
+    ) -> list[tuple[str, Call, Message] | BatcherError]:
+        prepared: list[tuple[str, Call, Message] | BatcherError] = []
         for chat_id, message in items:
             msg = message if isinstance(message, Message) else Message(id="", text=message)
-            call, msg = self._append_call(chat_id, msg)
-            calls.append(call)
-            msgs.append((chat_id, msg))
+            try:
+                call, msg = self._append_call(chat_id, msg)
+            except (InvalidMessage, MessageTooLarge) as exc:
+                prepared.append(exc)
+            else:
+                prepared.append((chat_id, call, msg))
+        return prepared
+
+    async def _send(
+        self, prepared: list[tuple[str, Call, Message] | BatcherError]
+    ) -> list[AddResult | BatcherError]:
+        calls = [p[1] for p in prepared if not isinstance(p, BatcherError)]
         try:
-            raws = await self.coalescer.run(calls)
+            raws = iter(await self.coalescer.run(calls) if calls else ())
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"Redis did not take the messages: {exc}") from exc
-        results = []
-        for (chat_id, msg), raw in zip(msgs, raws, strict=True):
+        results: list[AddResult | BatcherError] = []
+        for p in prepared:
+            if isinstance(p, BatcherError):
+                results.append(p)
+                continue
+            chat_id, _, msg = p
+            raw = next(raws)
             if isinstance(raw, Exception):
                 raise RedisUnavailable(f"Redis did not take the message: {raw}") from raw
             r = Scripts.parse_append(raw)
             max_wait_left = r.opened_ms + self.settings.max_wait_ms - r.now_ms
             result = AddResult(
-                chat_id, msg.id, r.accepted, r.deadline_ms, r.count, r.now_ms, max_wait_left
+                chat_id,
+                msg.id,
+                r.status != 0,
+                r.deadline_ms,
+                r.count,
+                r.now_ms,
+                max_wait_left,
+                _OUTCOMES[r.status],
             )
             results.append(result)
             _log_added(result)
@@ -97,11 +140,16 @@ class Batcher:
                 f"message {msg.id!r} is {len(payload)} bytes, above the "
                 f"{self.settings.max_message_bytes}-byte limit"
             )
-        return self.scripts.append_call(ck, member, payload), msg
+        target = None
+        if msg.type in CHANGES and msg.target_id:
+            target = (msg.type, message_prefix(msg.target_id))
+        return self.scripts.append_call(ck, member, payload, target), msg
 
 
 def _log_added(r: AddResult) -> None:
-    if r.accepted:
+    if r.outcome in ("edited", "revoked", "emptied"):
+        emit(log, r.outcome, chat=r.chat_id, id=r.message_id, size=r.count)
+    elif r.accepted:
         emit(
             log,
             "appended",

@@ -25,7 +25,7 @@ from service.engine.handlers import Handler
 from service.engine.leases import Lease
 from service.engine.loops import sleep_or_stop
 from service.logs import emit
-from service.models import Batch, order_messages
+from service.models import Batch, channel_of, order_messages
 from service.settings import Settings
 from service.stats import Stats
 from service.store.keyspace import ChatKeys
@@ -276,6 +276,7 @@ async def retry_redis(fn: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
 
 
 def _batch(batch_id: str, chat_id: str, got: Claimed) -> Batch:
+    messages = order_messages(got.items)
     return Batch(
         batch_id=batch_id,
         chat_id=chat_id,
@@ -284,6 +285,7 @@ def _batch(batch_id: str, chat_id: str, got: Claimed) -> Batch:
         reason=got.reason,  # type: ignore[arg-type]
         opened_at=got.opened_ms / 1000,
         closed_at=got.closed_ms / 1000,
-        messages=order_messages(got.items),
+        messages=messages,
+        channel=channel_of(messages),
         deadline_at=got.deadline_ms / 1000,
     )

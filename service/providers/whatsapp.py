@@ -1,8 +1,11 @@
 """Meta WhatsApp Cloud API webhooks: signature check and payload parsing (pure, no I/O).
 
 ``parse_webhook`` walks every entry, change and message (Meta may pack many
-into one POST) and raises ``MalformedPayload`` naming the path of anything out
-of shape. JSON ``null`` counts as a missing key wherever a key is optional.
+into one POST) and never gives up on a whole POST for one odd part: a
+message with an id and a sender is kept, its unreadable fields listed in its
+``warnings``; one that cannot be assigned to a chat comes back in
+``rejected`` with the reason and the object as received. JSON ``null``
+counts as a missing key wherever a key is optional.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any
 
-from service.models import MAX_DATA_DEPTH, Message, nesting_exceeds
+from service.models import MAX_DATA_DEPTH, Message, Sender, nesting_exceeds
+from service.providers.parsed import ParsedWebhook, ProviderError, Rejected
+from service.providers.reader import Reader, first
+from service.providers.whatsapp_content import content, infer_type
 
 OBJECT = "whatsapp_business_account"
 SOURCE = "whatsapp"
@@ -22,23 +28,11 @@ CHAT_PREFIX = "wa"
 MAX_DEPTH = MAX_DATA_DEPTH  # Meta nests ~5 levels
 
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
-_DIGITS = re.compile(r"[0-9]+")
+_DIGITS = re.compile(r"[0-9]{1,12}")
 
 Obj = dict[str, Any]
 
-
-class MalformedPayload(ValueError):
-    """The webhook body is not a WhatsApp payload we can read (answer 400)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedWebhook:
-    """What one webhook POST carried."""
-
-    messages: list[tuple[str, Message]]  # (chat_id, message) in payload order
-    statuses: int  # delivery receipts, counted and skipped
-    errors: int  # value.errors[] entries plus messages[].errors entries
-    skipped: int  # messages not fed to the batcher (type "system"), other fields
+__all__ = ["ParsedWebhook", "ProviderError", "Rejected", "parse_webhook", "signature_valid"]
 
 
 def signature_valid(app_secret: bytes, body: bytes, header: str | None) -> bool:
@@ -56,236 +50,237 @@ def signature_valid(app_secret: bytes, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(expected, match.group(1).lower())
 
 
-def _obj(value: object, path: str) -> Obj:
-    if not isinstance(value, dict):
-        raise MalformedPayload(f"{path} must be an object")
-    return value
+# -- who sent it -------------------------------------------------------------------
 
 
-def _list(value: object, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise MalformedPayload(f"{path} must be a list")
-    return value
+@dataclass(frozen=True, slots=True)
+class _Contact:
+    phone: str | None
+    user_id: str | None
+    name: str | None
+    username: str | None
+    country_code: str | None
 
 
-def _opt_obj(parent: Obj, key: str, path: str) -> Obj | None:
-    value = parent.get(key)
-    return None if value is None else _obj(value, f"{path}.{key}")
+def _contacts(r: Reader, value: Obj) -> list[_Contact]:
+    found = []
+    for i, raw in enumerate(r.items(value, "contacts")):
+        where = f"contacts[{i}]"
+        if not isinstance(raw, dict):
+            r.warn(where, "is not an object; ignored")
+            continue
+        profile = r.obj(raw, "profile", where)
+        phone = r.text(raw, "wa_id", where)
+        found.append(
+            _Contact(
+                phone=phone.removeprefix("+") if phone else None,
+                user_id=r.text(raw, "user_id", where),
+                name=r.text(profile, "name", f"{where}.profile"),
+                username=first(
+                    r.text(profile, "username", f"{where}.profile"), r.text(raw, "username", where)
+                ),
+                country_code=first(
+                    r.text(raw, "country_code", where),
+                    r.text(profile, "country_code", f"{where}.profile"),
+                ),
+            )
+        )
+    return found
 
 
-def _opt_list(parent: Obj, key: str, path: str) -> list[Any]:
-    value = parent.get(key)
-    return [] if value is None else _list(value, f"{path}.{key}")
+def _sender(r: Reader, msg: Obj, contacts: list[_Contact]) -> Sender | None:
+    """``from``, else ``from_user_id``, else the single contact's ids.
 
-
-def _opt_str(parent: Obj | None, key: str, path: str) -> str | None:
-    if parent is None:
+    The phone number keys the chat whenever it is known (from the message
+    or from the contact that also carries the business-scoped id), so one
+    user's messages share a chat whichever of the two forms each one uses.
+    """
+    phone = (r.text(msg, "from") or "").removeprefix("+") or None
+    user_id = r.text(msg, "from_user_id")
+    contact = next(
+        (c for c in contacts if (phone and c.phone == phone) or (user_id and c.user_id == user_id)),
+        None,
+    )
+    if contact is None and phone is None and user_id is None and len(contacts) == 1:
+        contact = contacts[0]
+    if contact is not None:
+        phone, user_id = phone or contact.phone, user_id or contact.user_id
+    key = phone or user_id
+    if key is None:
         return None
-    value = parent.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise MalformedPayload(f"{path}.{key} must be a string")
+    c = contact or _Contact(None, None, None, None, None)
+    return Sender(
+        id=key,
+        name=c.name,
+        phone=phone,
+        user_id=user_id,
+        username=c.username,
+        country_code=c.country_code,
+    )
 
 
-def _req_str(parent: Obj, key: str, path: str) -> str:
-    value = parent.get(key)
-    if not isinstance(value, str) or not value:
-        raise MalformedPayload(f"{path}.{key} must be a non-empty string")
-    return value
+def _sent_at(r: Reader, msg: Obj, now_s: float) -> float:
+    """Unix seconds; the receive time, with a warning, when unreadable."""
+    value = msg.get("timestamp")
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        return float(int(value))
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
+        return float(value)
+    r.warn("timestamp", f"{_show(value)} is not Unix seconds; the receive time is used")
+    return now_s
 
 
-def _opt_number(parent: Obj, key: str, path: str) -> int | float | None:
-    value = parent.get(key)
-    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
-        return value
-    raise MalformedPayload(f"{path}.{key} must be a number")
-
-
-def _count_objects(parent: Obj, key: str, path: str) -> int:
-    """How many items the optional list ``parent[key]`` holds (each must be an object)."""
-    items = _opt_list(parent, key, path)
-    for i, item in enumerate(items):
-        _obj(item, f"{path}.{key}[{i}]")
-    return len(items)
-
-
-def _check_depth(node: object, path: str) -> None:
-    """MalformedPayload if ``node`` nests lists/objects deeper than MAX_DEPTH."""
-    if nesting_exceeds(node, MAX_DEPTH):
-        raise MalformedPayload(f"{path} is nested deeper than {MAX_DEPTH} levels")
-
-
-def _first(*values: str | None) -> str | None:
-    """The first non-empty string, else None."""
-    return next((v for v in values if v), None)
-
-
-# -- text per message type ------------------------------------------------------
-
-
-def _field_text(key: str, *fields: str) -> Callable[[Obj, str], str | None]:
-    """Text from ``message[key]`` (an object): its first non-empty field of ``fields``."""
-
-    def text(msg: Obj, path: str) -> str | None:
-        inner = _opt_obj(msg, key, path)
-        return _first(*(_opt_str(inner, f, f"{path}.{key}") for f in fields))
-
-    return text
-
-
-def _no_text(msg: Obj, path: str) -> str | None:
-    return None
-
-
-def _location_text(msg: Obj, path: str) -> str | None:
-    loc = _opt_obj(msg, "location", path)
-    if loc is None:
-        return None
-    p = f"{path}.location"
-    named = _first(_opt_str(loc, "name", p), _opt_str(loc, "address", p))
-    lat, long = _opt_number(loc, "latitude", p), _opt_number(loc, "longitude", p)
-    if named is None and lat is not None and long is not None:
-        return f"{lat},{long}"
-    return named
-
-
-def _contacts_text(msg: Obj, path: str) -> str | None:
-    names: list[str] = []
-    for i, card in enumerate(_opt_list(msg, "contacts", path)):
-        p = f"{path}.contacts[{i}]"
-        name = _opt_str(_opt_obj(_obj(card, p), "name", p), "formatted_name", f"{p}.name")
-        if name:
-            names.append(name)
-    return ", ".join(names) or None
-
-
-_INTERACTIVE = {"button_reply": "title", "list_reply": "title", "nfm_reply": "body"}
-
-
-def _interactive_text(msg: Obj, path: str) -> str | None:
-    inter = _opt_obj(msg, "interactive", path)
-    if inter is None:
-        return None
-    p = f"{path}.interactive"
-    kind = _opt_str(inter, "type", p)
-    if kind not in _INTERACTIVE:  # missing or unknown type: use the reply object present
-        kind = next((k for k in _INTERACTIVE if k in inter), None)
-    if kind is None:
-        return None
-    return _first(_opt_str(_opt_obj(inter, kind, p), _INTERACTIVE[kind], f"{p}.{kind}"))
-
-
-_TEXT: dict[str, Callable[[Obj, str], str | None]] = {
-    "text": _field_text("text", "body"),
-    "image": _field_text("image", "caption"),
-    "video": _field_text("video", "caption"),
-    "document": _field_text("document", "caption", "filename"),
-    "audio": _no_text,
-    "sticker": _no_text,
-    "location": _location_text,
-    "contacts": _contacts_text,
-    "interactive": _interactive_text,
-    "button": _field_text("button", "text"),
-    "reaction": _field_text("reaction", "emoji"),
-    "order": _field_text("order", "text"),
-    "unsupported": _no_text,
-    "request_welcome": _no_text,
-}
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # -- parsing ----------------------------------------------------------------------
 
 
-def _sent_at(msg: Obj, path: str) -> float | None:
-    value = msg.get("timestamp")
-    if value is None:
-        return None
-    try:
-        if isinstance(value, str) and _DIGITS.fullmatch(value):
-            return float(int(value))
-        if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-    except (ValueError, OverflowError):  # over 4300 digits, or beyond a float
-        pass
-    raise MalformedPayload(f"{path}.timestamp must be Unix seconds as a string of digits")
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """What the messages of one ``value`` share."""
+
+    path: str
+    phone_id: str | None
+    channel: dict[str, str]
+    contacts: list[_Contact]
+    per_member_groups: bool
+    now_s: float
 
 
-def _profile_names(value: Obj, path: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Profile names from ``value.contacts``, by ``wa_id`` and by ``user_id`` (BSUID)."""
-    by_wa_id: dict[str, str] = {}
-    by_user_id: dict[str, str] = {}
-    for i, raw in enumerate(_opt_list(value, "contacts", path)):
-        p = f"{path}.contacts[{i}]"
-        contact = _obj(raw, p)
-        name = _opt_str(_opt_obj(contact, "profile", p), "name", f"{p}.profile")
-        wa_id = (_opt_str(contact, "wa_id", p) or "").removeprefix("+")
-        user_id = _opt_str(contact, "user_id", p) or ""
-        if name and wa_id:
-            by_wa_id.setdefault(wa_id, name)
-        if name and user_id:
-            by_user_id.setdefault(user_id, name)
-    return by_wa_id, by_user_id
+def _message(ctx: _Value, i: int, raw: object, out: ParsedWebhook) -> None:
+    path = f"{ctx.path}.messages[{i}]"
+    if not isinstance(raw, dict):
+        out.rejected.append(Rejected("the message is not an object", path, raw))
+        return
+    r = Reader(path)
+    wamid = r.text(raw, "id")
+    sender = _sender(r, raw, ctx.contacts)
+    why = (
+        "the message has no id"
+        if wamid is None
+        else "the message names no sender (no from, from_user_id or single contact)"
+        if sender is None
+        else "value.metadata.phone_number_id is missing"
+        if ctx.phone_id is None
+        else f"the message nests deeper than {MAX_DEPTH} levels"
+        if nesting_exceeds(raw, MAX_DEPTH)
+        else None
+    )
+    if why is not None or wamid is None or sender is None:
+        out.rejected.append(Rejected(why or "unreadable", path, raw))
+        return
+    mtype = r.text(raw, "type")
+    if mtype is None:
+        mtype = infer_type(raw) or "unknown"
+        r.warn("type", f"is missing; taken as {mtype!r}")
+    body = content(r, raw, mtype)
+    ctx_obj = r.obj(raw, "context")
+    errors = [e for e in r.items(raw, "errors") if isinstance(e, dict)]
+    group = r.text(raw, "group_id")
+    chat_key = f"g:{group}" if group is not None and not ctx.per_member_groups else sender.id
+    message = Message(
+        id=wamid,
+        type=mtype,
+        text=body.text,
+        sent_at=_sent_at(r, raw, ctx.now_s),
+        source=SOURCE,
+        sender=sender,
+        media=body.media,
+        reply_to=r.text(ctx_obj, "id", "context"),
+        forwarded=bool(
+            r.flag(ctx_obj, "forwarded", "context")
+            or r.flag(ctx_obj, "frequently_forwarded", "context")
+        ),
+        referral=r.obj(raw, "referral"),
+        reaction=body.reaction,
+        target_id=body.target_id,
+        errors=errors,
+        warnings=r.warnings,
+        data=raw,
+        channel=ctx.channel,
+    )
+    out.messages.append((f"{CHAT_PREFIX}:{ctx.phone_id}:{chat_key}", message))
 
 
-@dataclass(slots=True)
-class _Tally:
-    messages: list[tuple[str, Message]] = field(default_factory=list)
-    statuses: int = 0
-    errors: int = 0
-    skipped: int = 0
-
-
-def _messages_value(value: Obj, path: str, tally: _Tally) -> None:
-    """Add one ``field == "messages"`` value's messages and counts to ``tally``."""
-    tally.statuses += _count_objects(value, "statuses", path)
-    tally.errors += _count_objects(value, "errors", path)
-    by_wa_id, by_user_id = _profile_names(value, path)
-    metadata = _opt_obj(value, "metadata", path)
-    for i, raw in enumerate(_opt_list(value, "messages", path)):
-        p = f"{path}.messages[{i}]"
-        msg = _obj(raw, p)
-        wamid = _req_str(msg, "id", p)
-        mtype = _req_str(msg, "type", p)
-        tally.errors += _count_objects(msg, "errors", p)
-        if mtype == "system":  # number changes and identity notices: not chat content
-            tally.skipped += 1
-            continue
-        sender = (_opt_str(msg, "from", p) or "").removeprefix("+")
-        user_id = _opt_str(msg, "from_user_id", p) or ""
-        if not sender and not user_id:
-            raise MalformedPayload(f"{p} has neither 'from' nor 'from_user_id'")
-        if metadata is None:
-            raise MalformedPayload(f"{path}.metadata must be an object")
-        phone_id = _req_str(metadata, "phone_number_id", f"{path}.metadata")
-        data = dict(msg)
-        name = by_wa_id.get(sender) or by_user_id.get(user_id)  # neither holds ""
-        if name is not None:
-            data["profile_name"] = name
-        _check_depth(msg, p)
-        text, sent_at = _TEXT.get(mtype, _no_text)(msg, p), _sent_at(msg, p)
-        message = Message(
-            id=wamid, type=mtype, text=text, sent_at=sent_at, source=SOURCE, data=data
+def _value(value: Obj, ctx: _Value, out: ParsedWebhook) -> None:
+    out.statuses += (
+        len(value.get("statuses") or ()) if isinstance(value.get("statuses"), list) else 0
+    )
+    for raw in value.get("errors") or ():
+        if isinstance(raw, dict):
+            out.errors.append(ProviderError.of(raw))
+    messages = value.get("messages")
+    if messages is None:
+        return
+    if not isinstance(messages, list):
+        out.rejected.append(
+            Rejected("value.messages is not a list", f"{ctx.path}.messages", messages)
         )
-        tally.messages.append((f"{CHAT_PREFIX}:{phone_id}:{sender or user_id}", message))
+        return
+    for i, raw in enumerate(messages):
+        _message(ctx, i, raw, out)
 
 
-def parse_webhook(doc: object) -> ParsedWebhook:
-    """Every message in a decoded WhatsApp Cloud API webhook body, with counts of the rest."""
-    top = _obj(doc, "payload")
-    if top.get("object") != OBJECT:
-        raise MalformedPayload(f"object must be {OBJECT!r}")
-    tally = _Tally()
-    for e, raw_entry in enumerate(_list(top.get("entry"), "entry")):
-        ep = f"entry[{e}]"
-        entry = _obj(raw_entry, ep)
-        for c, raw_change in enumerate(_list(entry.get("changes"), f"{ep}.changes")):
-            cp = f"{ep}.changes[{c}]"
-            change = _obj(raw_change, cp)
-            kind = change.get("field")
-            if not isinstance(kind, str):
-                raise MalformedPayload(f"{cp}.field must be a string")
-            if kind == "messages":
-                _messages_value(_obj(change.get("value"), f"{cp}.value"), f"{cp}.value", tally)
-            else:  # account events etc.: acknowledged, not batched
-                tally.skipped += 1
-    return ParsedWebhook(tally.messages, tally.statuses, tally.errors, tally.skipped)
+def _objects(node: object, key: str, path: str, out: ParsedWebhook) -> list[tuple[str, Obj]]:
+    """The objects of the list ``node[key]`` with their paths; anything else is rejected."""
+    items = node.get(key) if isinstance(node, dict) else None
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        out.rejected.append(Rejected(f"{key} is not a list", f"{path}{key}", items))
+        return []
+    found = []
+    for i, item in enumerate(items):
+        where = f"{path}{key}[{i}]"
+        if isinstance(item, dict):
+            found.append((where, item))
+        else:
+            out.rejected.append(Rejected(f"{key}[{i}] is not an object", where, item))
+    return found
+
+
+def parse_webhook(
+    doc: Obj, *, per_member_groups: bool = False, now_s: float | None = None
+) -> ParsedWebhook:
+    """Every message of a decoded WhatsApp Cloud API webhook body, and the rest counted.
+
+    Group messages are batched per group (``wa:<phone_number_id>:g:<group_id>``)
+    unless ``per_member_groups``, which puts them in each member's own chat.
+    ``now_s`` (default: now) stands in for an unreadable ``timestamp``.
+    """
+    out = ParsedWebhook()
+    if doc.get("object") != OBJECT:
+        out.skipped += 1  # another product's webhook on the same URL
+        return out
+    now = time.time() if now_s is None else now_s
+    for ep, entry in _objects(doc, "entry", "", out):
+        waba = Reader(ep).text(entry, "id")
+        for cp, change in _objects(entry, "changes", f"{ep}.", out):
+            value = change.get("value")
+            if change.get("field") != "messages":  # account events etc.: acknowledged
+                out.skipped += 1
+            elif not isinstance(value, dict):
+                out.rejected.append(Rejected("value is not an object", f"{cp}.value", value))
+            else:
+                r = Reader(f"{cp}.value")
+                meta = r.obj(value, "metadata")
+                phone_id = r.text(meta, "phone_number_id", "metadata")
+                channel = {
+                    "provider": SOURCE,
+                    "phone_number_id": phone_id,
+                    "waba_id": waba,
+                    "display_phone_number": r.text(meta, "display_phone_number", "metadata"),
+                }
+                ctx = _Value(
+                    f"{cp}.value",
+                    phone_id,
+                    {k: v for k, v in channel.items() if v is not None},
+                    _contacts(r, value),
+                    per_member_groups,
+                    now,
+                )
+                _value(value, ctx, out)
+    return out

@@ -19,6 +19,12 @@ earlier segments are fixed by the key's kind.
 | P:{bN}:dead                  | zset   | none | dead batch id -> dead-lettered ms  |
 | P:{bN}:dead:<batch_id>       | list   | none | a dead batch's messages            |
 | P:{bN}:deadinfo:<batch_id>   | hash   | none | a dead batch's error and metadata  |
+| P:{b0}:rejected              | hash   | none | id -> a message no chat was found for |
+| P:{b0}:perrors               | hash   | none | "<source>:<code>" -> provider errors  |
+| P:{b0}:perrors:recent        | list   | none | the latest provider errors (capped)   |
+
+The last three are deployment-wide, not per chat: they live in bucket 0's
+slot, beside its chats' keys.
 """
 
 from __future__ import annotations
@@ -121,6 +127,18 @@ class Keyspace:
 
     def dead_info(self, bucket: int, batch_id: str) -> bytes:
         return self._tag(bucket) + b"deadinfo:" + batch_id.encode()
+
+    @property
+    def rejected(self) -> bytes:
+        return self._tag(0) + b"rejected"
+
+    @property
+    def provider_errors(self) -> bytes:
+        return self._tag(0) + b"perrors"
+
+    @property
+    def provider_errors_recent(self) -> bytes:
+        return self._tag(0) + b"perrors:recent"
 
     def probe(self, token: str) -> bytes:
         """A scratch key prefix for ``batcher check``'s probes (bucket 0's slot);

@@ -118,7 +118,7 @@ async def _pipeline(
 
 @dataclass(frozen=True, slots=True)
 class Appended:
-    accepted: bool
+    status: int  # see append.lua: 1 appended, 0 duplicate, 2 edited, 3 revoked, 4 emptied
     deadline_ms: int
     count: int
     now_ms: int
@@ -192,7 +192,9 @@ class Scripts:
         ck: ChatKeys,
         dedupe_member: bytes,
         payload: bytes,
+        target: tuple[str, bytes] | None = None,
     ) -> Call:
+        """``target``: ("edit" | "revoke", the stored prefix of the message it changes)."""
         b, s = ck.bucket, self.settings
         return (
             APPEND,
@@ -206,12 +208,14 @@ class Scripts:
                 s.max_messages,
                 s.dedupe_window_ms,
                 s.max_batch_bytes,
+                target[1] if target else b"",
+                target[0] if target else b"",
             ),
         )
 
     @staticmethod
     def parse_append(raw: Any) -> Appended:
-        return Appended(bool(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]))
+        return Appended(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]))
 
     def claim_call(
         self,

@@ -1,9 +1,11 @@
 """The WhatsApp Cloud API webhook: ``GET`` handshake, ``POST`` events.
 
-``POST`` answers 200 only once every message of the request is stored in
-Redis (one round trip for the whole request); Meta retries anything else,
-and message ids (wamid) make its retries idempotent. The signature is
-checked over the raw bytes before anything is parsed.
+``POST`` answers 200 only once everything the request carried is stored in
+Redis (its messages in one round trip); Meta retries anything else, and
+message ids (wamid) make its retries idempotent. The signature is checked
+over the raw bytes before anything is parsed. A body that is not a JSON
+object is answered 400; anything in a JSON object is stored as well as it can
+be (see ``service.web.inbound``), never refused for one odd message.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import hmac
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from service.errors import InvalidMessage, MessageTooLarge, RedisUnavailable
-from service.providers.whatsapp import MalformedPayload, parse_webhook, signature_valid
+from service.errors import RedisUnavailable
+from service.providers.whatsapp import parse_webhook, signature_valid
 from service.web.body import (
     MAX_MESSAGES_PER_POST,
     BodyTooLarge,
@@ -25,6 +27,7 @@ from service.web.body import (
     too_large,
     unavailable,
 )
+from service.web.inbound import store_parsed
 from service.web.state import app_state
 
 ENDPOINT = "whatsapp"
@@ -67,29 +70,21 @@ async def receive(request: Request) -> Response:
         refused(ENDPOINT, 401, "missing or invalid X-Hub-Signature-256")
         return answer(401, error(401, "missing or invalid X-Hub-Signature-256"))
     try:
-        parsed = parse_webhook(parse_json(body))
-    except (ValueError, MalformedPayload) as exc:
+        doc = parse_json(body)
+    except ValueError as exc:
         return answer(400, error(400, str(exc)))
+    if not isinstance(doc, dict):
+        return answer(400, error(400, "the body must be a JSON object"))
+    parsed = parse_webhook(doc, per_member_groups=state.settings.whatsapp_groups == "member")
     if parsed.statuses:
         stats.messages.labels(ENDPOINT, "status").inc(parsed.statuses)
     if parsed.skipped:
         stats.messages.labels(ENDPOINT, "skipped").inc(parsed.skipped)
-    if parsed.errors:
-        stats.messages.labels(ENDPOINT, "error").inc(parsed.errors)
     if len(parsed.messages) > MAX_MESSAGES_PER_POST:
-        stats.messages.labels(ENDPOINT, "rejected").inc(len(parsed.messages))
+        stats.messages.labels(ENDPOINT, "too_many").inc(len(parsed.messages))
         return answer(413, error(413, f"more than {MAX_MESSAGES_PER_POST} messages in one request"))
-    if parsed.messages:
-        try:
-            results = await state.batcher.add_many(parsed.messages)
-        except MessageTooLarge as exc:
-            stats.messages.labels(ENDPOINT, "rejected").inc(len(parsed.messages))
-            return answer(413, error(413, str(exc)))
-        except InvalidMessage as exc:
-            return answer(400, error(400, str(exc)))
-        except RedisUnavailable as exc:
-            return answer(503, unavailable(str(exc)))
-        accepted = sum(r.accepted for r in results)
-        stats.messages.labels(ENDPOINT, "accepted").inc(accepted)
-        stats.messages.labels(ENDPOINT, "duplicate").inc(len(results) - accepted)
+    try:
+        await store_parsed(state, ENDPOINT, parsed)
+    except RedisUnavailable as exc:
+        return answer(503, unavailable(str(exc)))
     return answer(200, PlainTextResponse("OK"))

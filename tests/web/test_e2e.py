@@ -63,8 +63,28 @@ BATCH_FIELDS = {
     "opened_at",
     "closed_at",
     "messages",
+    "channel",
 }
-MESSAGE_FIELDS = {"id", "type", "text", "sent_at", "received_at", "source", "data"}
+MESSAGE_FIELDS = {
+    "id",
+    "type",
+    "text",
+    "sent_at",
+    "received_at",
+    "source",
+    "sender",
+    "media",
+    "reply_to",
+    "forwarded",
+    "referral",
+    "reaction",
+    "target_id",
+    "edited_at",
+    "history",
+    "errors",
+    "warnings",
+    "data",
+}
 
 
 # --- the service as a subprocess ------------------------------------------------------------
@@ -376,6 +396,7 @@ async def test_seed_scenario_one_forward_per_chat(
         assert_forward_headers(rec)
         batch = rec.batch
         assert set(batch) == BATCH_FIELDS
+        assert batch["channel"]["phone_number_id"] == PHONE_ID
         assert batch["chat_id"] == f"wa:{PHONE_ID}:{sender}"
         assert (batch["seq"], batch["attempt"], batch["reason"]) == (1, 1, "idle")
         assert [m["id"] for m in batch["messages"]] == [m.wamid for m in msgs]
@@ -385,7 +406,15 @@ async def test_seed_scenario_one_forward_per_chat(
             assert (got["type"], got["source"]) == ("text", "whatsapp")
             assert got["sent_at"] == float(sent.ts)
             assert got["data"]["id"] == sent.wamid and got["data"]["from"] == sender
-            assert got["data"]["profile_name"] == sent.name
+            assert got["sender"] == {
+                "id": sender,
+                "name": sent.name,
+                "phone": sender,
+                "user_id": None,
+                "username": None,
+                "country_code": None,
+            }
+            assert "profile_name" not in got["data"]  # data: the message as Meta sent it
         received = [m["received_at"] for m in batch["messages"]]
         assert received == sorted(received)
         assert abs(batch["opened_at"] - received[0]) < 0.002  # opened by its first message
@@ -614,7 +643,7 @@ async def test_signatures_checked_over_the_raw_bytes(
     assert_forward_headers(rec)
     assert rec.chat_id == f"wa:{PHONE_ID}:15550136724"
     assert rec.texts == ["Bom dia! Quero mudar a entrega para sábado 🚚 — Belém"]
-    assert rec.batch["messages"][0]["data"]["profile_name"] == "Ana Costa"
+    assert rec.batch["messages"][0]["sender"]["name"] == "Ana Costa"
 
 
 # --- 7. Redis stopped mid-traffic -------------------------------------------------------------
