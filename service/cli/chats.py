@@ -19,8 +19,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from service.cli.console import duration, plural
-from service.cli.dead import clean
+from service.cli.console import clean, duration, plural
 from service.cli.setup import EXIT_FAILED, EXIT_FOUND, EXIT_OK, add_redis_url, url_of, with_settings
 from service.settings import Settings
 from service.store.chats import Chats, ChatState

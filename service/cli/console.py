@@ -57,6 +57,13 @@ STYLES: dict[str, tuple[str, str]] = {
 }
 
 
+def clean(value: object, *, newlines: bool = False) -> Text:
+    """Outside text, never parsed as markup, control characters made visible:
+    no escape sequence in a chat id or a message reaches the terminal."""
+    keep = "\n\t" if newlines else ""
+    return Text("".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in str(value)))
+
+
 def plural(n: Any, word: str) -> str:
     """``1 message``, ``2 messages``."""
     return f"{n} {word}" if str(n) == "1" else f"{n} {word}s"

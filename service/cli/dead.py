@@ -19,9 +19,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from service.cli.console import duration
+from service.cli.console import clean, duration
 from service.cli.setup import add_redis_url, url_of, with_settings
 from service.models import Message
 from service.settings import Settings
@@ -140,13 +139,6 @@ def render_show(console: Console, b: DeadBatch, messages: Sequence[Message], now
         received = _when(m.received_at) if m.received_at is not None else ""
         table.add_row(str(i), received, clean(m.id), clean(m.type), clean(body, newlines=True))
     console.print(table)
-
-
-def clean(value: object, *, newlines: bool = False) -> Text:
-    """Outside text, never parsed as markup, control characters made visible:
-    no escape sequence in a chat id or a message reaches the terminal."""
-    keep = "\n\t" if newlines else ""
-    return Text("".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in str(value)))
 
 
 def _when(ts: float) -> str:

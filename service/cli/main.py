@@ -29,6 +29,7 @@ COMMANDS = {
     "serve": "service.cli.serve",
     "check": "service.cli.check",
     "dead": "service.cli.dead",
+    "rejected": "service.cli.rejected",
     "watch": "service.cli.watch",
     "show": "service.cli.chats",
     "flush": "service.cli.chats",

@@ -130,6 +130,19 @@ def _totals(snap: Snapshot) -> Text:
     text = Text("totals   ", style="bold")
     text.append(f"open {snap.open_total}   in flight {snap.inflight_total}   ")
     text.append(f"dead letters {snap.dead_total}", style="bold red" if snap.dead_total else "")
+    if snap.rejected_total:
+        text.append(f"   rejected {snap.rejected_total}", style="bold yellow")
+        text.append("  (batcher rejected list)", style="dim")
+    if snap.provider_errors:
+        text.append("\nprovider ", style="bold yellow")
+        counts = ", ".join(f"{k} x{n}" for k, n in snap.provider_errors[:5])
+        text.append(f"errors {counts}")
+        last = snap.last_provider_error
+        if last is not None:
+            said = short(last.title or last.message or "", 60)
+            text.append(
+                f"  (latest {duration(snap.now_ms - last.at * 1000)} ago: {said})", style="dim"
+            )
     text.append("\nclosing  ", style="bold")
     if snap.expiries_per_s is not None:
         text.append(f"about {snap.expiries_per_s:.1f} batches a second (last {RATE_S} s)")

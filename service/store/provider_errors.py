@@ -61,11 +61,12 @@ class ProviderErrors:
             pipe.lrange(self.keys[1], 0, -1)
             counts, recent = await pipe.execute()
         return ProviderErrorSummary(
-            {k.decode(): int(v) for k, v in counts.items()}, [_decode(v) for v in recent]
+            {k.decode(): int(v) for k, v in counts.items()}, [decode_reported(v) for v in recent]
         )
 
 
-def _decode(value: bytes) -> ReportedError:
+def decode_reported(value: bytes) -> ReportedError:
+    """One entry of the recent list (``<ms>\\t<json>``)."""
     head, _, body = value.partition(b"\t")
     doc: dict[str, Any] = json.loads(body)
     return ReportedError(

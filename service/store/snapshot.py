@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from service.settings import Settings
 from service.store.keyspace import BucketKeys, Keyspace
+from service.store.provider_errors import ReportedError, decode_reported
 
 TOP = 20
 RATE_S = 5  # the closing rate is averaged over this
@@ -63,6 +64,9 @@ class Snapshot:
     dead: tuple[DeadRow, ...]  # newest first, at most `top`
     samples: tuple[tuple[int, int], ...]  # (now_ms, INFO expired_keys) of the last RATE_S
     expiries_per_s: float | None  # expired_keys per second over those samples
+    rejected_total: int = 0  # messages no chat could be named for (batcher rejected)
+    provider_errors: tuple[tuple[str, int], ...] = ()  # ("<source>:<code>", count), most first
+    last_provider_error: ReportedError | None = None
 
 
 def _int(value: Any) -> int | None:
@@ -81,6 +85,9 @@ async def snapshot(
     pipe = redis.pipeline(transaction=False)
     pipe.time()
     pipe.info("stats")
+    pipe.hlen(keyspace.rejected)
+    pipe.hgetall(keyspace.provider_errors)
+    pipe.lindex(keyspace.provider_errors_recent, 0)
     for bk in buckets:
         for key in (bk.due, bk.inflight, bk.dead):
             pipe.zcard(key)
@@ -92,6 +99,8 @@ async def snapshot(
         raise errors[0]  # but INFO (index 1) may be refused by an ACL: it is optional
     now_ms = int(first[0][0]) * 1000 + int(first[0][1]) // 1000
     expired = _int(first[1].get("expired_keys")) if isinstance(first[1], dict) else None
+    rejected, perrors, last_error = first[2:5]
+    first = first[:2] + first[5:]
 
     totals = [0, 0, 0]
     due: list[tuple[float, bytes, BucketKeys]] = []  # (score, chat id, its bucket)
@@ -154,5 +163,7 @@ async def snapshot(
     source = f"{settings.redis_url_display}  prefix {keyspace.prefix!r}, {keyspace.buckets} buckets"
     return Snapshot(
         now_ms, source, settings.idle_ms, settings.max_wait_ms, totals[0], totals[1], totals[2],
-        tuple(open_rows), tuple(flight_rows), tuple(dead_rows), samples, rate,
+        tuple(open_rows), tuple(flight_rows), tuple(dead_rows), samples, rate, int(rejected),
+        tuple(sorted(((k.decode(), int(v)) for k, v in perrors.items()), key=lambda kv: -kv[1])),
+        None if last_error is None else decode_reported(last_error),
     )  # fmt: skip

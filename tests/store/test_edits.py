@@ -54,7 +54,12 @@ async def test_an_edit_changes_the_message_in_place(redis_client: Redis, redis_u
     r = await b.add("c", edit("e1", "m1", "see you at 6", 3.0))
     assert (r.outcome, r.accepted, r.count) == ("edited", True, 2)
     first, second = await open_batch(b, redis_client, "c")
-    assert (first.id, first.type, first.text, first.edited_at) == ("m1", "text", "see you at 6", 3.0)
+    assert (first.id, first.type, first.text, first.edited_at) == (
+        "m1",
+        "text",
+        "see you at 6",
+        3.0,
+    )
     assert first.sent_at == 1.0 and first.sender == Sender(id="u1", name="Ana")  # kept
     assert [h.id for h in first.history] == ["e1"] and first.history[0].target_id == "m1"
     assert second.text == "bring the keys" and second.edited_at is None
