@@ -8,6 +8,7 @@ message) and answers None, so the caller stores what it can.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 Obj = dict[str, Any]
@@ -55,13 +56,14 @@ class Reader:
         value = None if parent is None else parent.get(key)
         if value is None:
             return None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
             try:
-                return float(value)
-            except ValueError:
+                number = float(value)
+            except (ValueError, OverflowError):  # not a number, or beyond a float
                 pass
+            else:
+                if math.isfinite(number):
+                    return number
         self.warn(_join(where, key), "is not a number; ignored")
         return None
 

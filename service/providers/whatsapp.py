@@ -209,7 +209,8 @@ def _value(value: Obj, ctx: _Value, out: ParsedWebhook) -> None:
     out.statuses += (
         len(value.get("statuses") or ()) if isinstance(value.get("statuses"), list) else 0
     )
-    for raw in value.get("errors") or ():
+    errors = value.get("errors")
+    for raw in errors if isinstance(errors, list) else ():
         if isinstance(raw, dict):
             out.errors.append(ProviderError.of(raw))
     messages = value.get("messages")

@@ -136,9 +136,11 @@ def _button(r: Reader, msg: Obj) -> Content:
 def _reaction(r: Reader, msg: Obj) -> Content:
     obj = r.obj(msg, "reaction")
     target = r.text(obj, "message_id", "reaction")
-    if target is None:
-        return Content()
     emoji = r.text(obj, "emoji", "reaction")
+    if target is None:
+        if obj is not None:
+            r.warn("reaction.message_id", "is missing; the reaction is kept as its emoji")
+        return Content(text=emoji)
     return Content(text=emoji, reaction=Reaction(message_id=target, emoji=emoji))
 
 
