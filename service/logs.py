@@ -36,6 +36,7 @@ LEVELS = {
     "redis_retry": logging.WARNING,
     "refused": logging.WARNING,  # a request refused (bad signature, token): rate-limited
     "admin": logging.INFO,
+    "ownership": logging.INFO,  # this process's share of the buckets changed
 }
 
 

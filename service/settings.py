@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         ge=0,
         description="A chat overdue by more than this with no claim is recovered by the sweeper.",
     )
+    owner_lease_ms: int = Field(
+        default=3_000,
+        ge=30,
+        description="A service process that stops heartbeating loses its buckets (its share "
+        "of the claims, nudges and sweeps) to the others after this long; it heartbeats "
+        "three times per lease.",
+    )
     listener_ping_ms: int = Field(default=1_000, ge=10)
     listener_dead_ms: int = Field(
         default=5_000,

@@ -28,6 +28,10 @@ SIZE_BUCKETS = (1, 2, 3, 5, 8, 13, 20, 50, 100, 500)
 _COUNTERS = {
     "events": ("batcher_expired_events", "Expired timer events heard"),
     "claimed": ("batcher_batches_claimed", "Batches claimed for delivery"),
+    "claims_skipped": (
+        "batcher_claims_skipped",
+        "Claims that found nothing to take (taken elsewhere, not idle, or busy)",
+    ),
     "recovered": ("batcher_sweeper_recoveries", "Batches claimed by the sweeper (event lost/late)"),
     "redelivered": ("batcher_redeliveries", "Batches taken over after their lease ran out"),
     "delivered": ("batcher_batches_delivered", "Batches acknowledged by the handler"),
@@ -43,6 +47,7 @@ _COUNTERS = {
 class Stats:
     events: int = 0
     claimed: int = 0
+    claims_skipped: int = 0
     recovered: int = 0
     redelivered: int = 0
     delivered: int = 0

@@ -46,6 +46,7 @@ FAST: dict[str, Any] = {
     "retry_base_ms": 20,
     "retry_max_ms": 100,
     "lease_ms": 3_000,
+    "owner_lease_ms": 300,
 }
 
 

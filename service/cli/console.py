@@ -53,6 +53,7 @@ STYLES: dict[str, tuple[str, str]] = {
     "embedded_stopped": ("*", "white"),
     "refused": ("✗", "yellow"),
     "admin": ("#", "magenta"),
+    "ownership": ("⇄", "blue"),
     "started": ("*", "bold white"),
 }
 
@@ -128,6 +129,10 @@ def _fields(event: str, f: dict[str, Any]) -> str:
         "duplicate": lambda f: f"id={f['id']}",
         "edited": lambda f: f"id={f['id']}  size={f['size']}",
         "revoked": lambda f: f"id={f['id']}  size={f['size']}",
+        "ownership": lambda f: (
+            f"{plural(f['buckets'], 'bucket')} of {plural(f['processes'], 'process')}'s share"
+            f"  (+{f['gained']} -{f['lost']})"
+        ),
         "emptied": lambda f: f"id={f['id']}  the open batch is gone, nothing to deliver",
         "claimed": lambda f: (
             f"{plural(f['size'], 'message')}  {f['reason']}  open {duration(f['open_ms'])}"

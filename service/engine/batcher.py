@@ -127,8 +127,12 @@ class Batcher:
             raise InvalidMessage(f"chat_id is longer than {MAX_CHAT_ID_BYTES} bytes")
         member = b""
         if msg.id:
-            if self.settings.dedupe_window_ms > 0:
+            try:
                 member = seen_member(chat_id, msg.id)
+            except UnicodeEncodeError as exc:
+                raise InvalidMessage("message id is not valid Unicode text") from exc
+            if self.settings.dedupe_window_ms <= 0:
+                member = b""
         else:
             msg = msg.model_copy(update={"id": new_id()})
         try:

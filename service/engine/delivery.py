@@ -62,6 +62,7 @@ class Delivery:
             call = self.scripts.claim_call(ck, batch_id, token, recovered=recovered)
             got, sent_at = await self._claim(ck, call, batch_id, token)
             if isinstance(got, Skipped):
+                self.stats.claims_skipped += 1
                 return
             if recovered:
                 self.stats.recovered += 1

@@ -1,7 +1,8 @@
 """The engine: listener, nudger, sweeper and delivery workers of one process.
 
-Any number of engines (processes, hosts) may run against one Redis: every
-one hears every event, exactly one claims each batch.
+Any number of engines (processes, hosts) may run against one Redis: they
+share the buckets (``ownership.py``), each claiming, nudging and sweeping
+its own; the claim script makes sure exactly one claims each batch.
 
     async with Engine(redis, settings, handler) as engine:
         await engine.add("chat-1", "hello")
@@ -22,6 +23,7 @@ from service.engine.delivery import Delivery
 from service.engine.handlers import ConsoleHandler, Handler
 from service.engine.listener import Listener, dedicated_client
 from service.engine.nudger import Nudger
+from service.engine.ownership import Ownership
 from service.engine.sweeper import Sweeper
 from service.logs import emit
 from service.models import AddResult, Message
@@ -67,10 +69,17 @@ class Engine:
         self._workers: list[asyncio.Task[None]] = []
         self._listener_client: Redis | None = None
         self.listener: Listener | None = None
+        self.ownership = Ownership(self.scripts, self.stopping, self._on_ownership)
+        owned = self._owned
         self.sweeper = Sweeper(
-            self.scripts, self.stats, self.stopping, self.submit_claim, self.submit_redeliver
+            self.scripts,
+            self.stats,
+            self.stopping,
+            self.submit_claim,
+            self.submit_redeliver,
+            owned,
         )
-        self.nudger = Nudger(self.scripts, self.stats, self.stopping)
+        self.nudger = Nudger(self.scripts, self.stats, self.stopping, owned)
 
     # --- the append API -----------------------------------------------------
 
@@ -81,6 +90,8 @@ class Engine:
 
     async def start(self) -> None:
         self.checks = await ensure_ready(self.redis, self.settings, log=self.log_checks)
+        with contextlib.suppress(RedisError, OSError):
+            await self.ownership.heartbeat()  # this process's share before any work
         db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
         self._listener_client = dedicated_client(self.redis)
         self.listener = Listener(
@@ -97,6 +108,7 @@ class Engine:
             asyncio.create_task(self.listener.run(), name="batcher-listener"),
             asyncio.create_task(self.nudger.run(), name="batcher-nudger"),
             asyncio.create_task(self.sweeper.run(), name="batcher-sweeper"),
+            asyncio.create_task(self.ownership.run(), name="batcher-ownership"),
         ]
         self._workers = [
             asyncio.create_task(self._worker(), name=f"batcher-worker-{i}")
@@ -112,6 +124,8 @@ class Engine:
         for task in self._tasks + self._workers:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._workers, return_exceptions=True)
+        if self._tasks:
+            await self.ownership.leave()
         if self._listener_client is not None:
             await self._listener_client.aclose()
         self._tasks, self._workers = [], []
@@ -153,11 +167,19 @@ class Engine:
         self._queued.add(("r", chat_id))
         self._queue.put_nowait(("r", chat_id, batch_id, False))
 
+    def _owned(self) -> frozenset[int]:
+        return self.ownership.owned
+
+    def _on_ownership(self, gained: frozenset[int], lost: frozenset[int]) -> None:
+        if gained:  # their chats' events went to another process until now
+            self.sweeper.wake.set()
+
     def _on_key(self, key: bytes) -> None:
         chat_id = self.keys.parse_timer(key)
         if chat_id is not None:
             self.stats.events += 1
-            self.submit_claim(chat_id)
+            if self.ownership.owns(self.keys.bucket_of(chat_id)):
+                self.submit_claim(chat_id)
 
     async def _on_subscribed(self) -> None:
         """After every (re)subscribe: events may have been lost, and a

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
 from service.engine.loops import sleep_or_stop
 from service.stats import Stats
-from service.store.scripts import Scripts
+from service.store.scripts import Call, Scripts
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +26,34 @@ NUDGE_LIMIT = 1000
 
 
 class Nudger:
-    def __init__(self, scripts: Scripts, stats: Stats, stop: asyncio.Event) -> None:
+    """Nudges the buckets ``owned()`` names (every bucket, without an owner filter)."""
+
+    def __init__(
+        self,
+        scripts: Scripts,
+        stats: Stats,
+        stop: asyncio.Event,
+        owned: Callable[[], frozenset[int]] | None = None,
+    ) -> None:
         self.scripts = scripts
         self.stats = stats
         self.stop = stop
+        self.owned = owned
         self.interval_s = scripts.settings.nudge_interval_ms / 1000
         self._calls = [
             scripts.nudge_call(bk, limit=NUDGE_LIMIT) for bk in scripts.keys.all_buckets()
         ]
 
+    def calls(self) -> list[Call]:
+        if self.owned is None:
+            return self._calls
+        owned = self.owned()
+        return [c for b, c in enumerate(self._calls) if b in owned]
+
     async def run(self) -> None:
         while not self.stop.is_set():
             try:
-                results = await self.scripts.run_many(self._calls)
+                results = await self.scripts.run_many(self.calls())
                 for r in results:
                     if isinstance(r, Exception):
                         raise r

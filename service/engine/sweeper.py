@@ -34,12 +34,14 @@ class Sweeper:
         stop: asyncio.Event,
         submit_claim: Callable[[str, bool], None],
         submit_redeliver: Callable[[str, str], None],
+        owned: Callable[[], frozenset[int]] | None = None,
     ) -> None:
         self.scripts = scripts
         self.stats = stats
         self.stop = stop
         self.submit_claim = submit_claim
         self.submit_redeliver = submit_redeliver
+        self.owned = owned  # the buckets to sweep (None: every bucket)
         self.interval_s = scripts.settings.sweep_interval_ms / 1000
         self.wake = asyncio.Event()
         self._calls = [
@@ -64,9 +66,13 @@ class Sweeper:
             stop.cancel()
 
     async def sweep(self) -> int:
-        """One pass over every bucket; returns how many chats it handed on."""
+        """One pass over the buckets; returns how many chats it handed on."""
         self.stats.sweeps += 1
-        results = await self.scripts.run_many(self._calls)
+        calls = self._calls
+        if self.owned is not None:
+            owned = self.owned()
+            calls = [c for b, c in enumerate(self._calls) if b in owned]
+        results = await self.scripts.run_many(calls)
         overdue: list[str] = []
         leases: list[str] = []
         for r in results:

@@ -22,8 +22,9 @@ earlier segments are fixed by the key's kind.
 | P:{b0}:rejected              | hash   | none | id -> a message no chat was found for |
 | P:{b0}:perrors               | hash   | none | "<source>:<code>" -> provider errors  |
 | P:{b0}:perrors:recent        | list   | none | the latest provider errors (capped)   |
+| P:{b0}:members               | zset   | none | live process id -> lease deadline ms  |
 
-The last three are deployment-wide, not per chat: they live in bucket 0's
+The last four are deployment-wide, not per chat: they live in bucket 0's
 slot, beside its chats' keys.
 """
 
@@ -131,6 +132,10 @@ class Keyspace:
     @property
     def rejected(self) -> bytes:
         return self._tag(0) + b"rejected"
+
+    @property
+    def members(self) -> bytes:
+        return self._tag(0) + b"members"
 
     @property
     def provider_errors(self) -> bytes:
