@@ -127,12 +127,14 @@ class Message(BaseModel):
     def with_edit(self, edit: Message) -> Message:
         """This message as the ``edit`` (type "edit") left it: same id and place."""
         update: dict[str, Any] = {
-            "text": edit.text,
             "edited_at": edit.sent_at if edit.sent_at is not None else edit.received_at,
             "history": [*self.history, edit],
         }
-        if edit.media is not None:
-            update["media"] = edit.media
+        if edit.text is not None:  # an edit with nothing readable changes no content
+            update["text"] = edit.text
+        if edit.media is not None:  # a new caption: the rest of the media stays
+            old = self.media.model_dump(exclude_none=True) if self.media else {}
+            update["media"] = Media(**old | edit.media.model_dump(exclude_none=True))
         return self.model_copy(update=update)
 
 

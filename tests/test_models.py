@@ -56,3 +56,28 @@ async def test_the_deepest_allowed_data_goes_through_engine_add(
     (body,) = bodies
     [message] = json.loads(body)["messages"]
     assert message["id"] == "deepest" and message["data"] == deepest
+
+
+def test_an_edit_changes_what_it_carries_and_keeps_the_rest() -> None:
+    from service.models import Media
+
+    photo = Message(
+        id="m1",
+        type="image",
+        text="old caption",
+        media=Media(id="media-1", mime_type="image/jpeg", caption="old caption"),
+    )
+    recaptioned = photo.with_edit(
+        Message(
+            id="e1",
+            type="edit",
+            text="new caption",
+            sent_at=5.0,
+            media=Media(caption="new caption"),
+        )
+    )
+    assert recaptioned.text == "new caption" and recaptioned.edited_at == 5.0
+    assert recaptioned.media == Media(id="media-1", mime_type="image/jpeg", caption="new caption")
+    unreadable = recaptioned.with_edit(Message(id="e2", type="edit", sent_at=6.0))
+    assert unreadable.text == "new caption" and unreadable.edited_at == 6.0
+    assert [h.id for h in unreadable.history] == ["e1", "e2"]

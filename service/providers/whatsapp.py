@@ -126,7 +126,8 @@ def _sent_at(r: Reader, msg: Obj, now_s: float) -> float:
         return float(int(value))
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
         return float(value)
-    r.warn("timestamp", f"{_show(value)} is not Unix seconds; the receive time is used")
+    problem = "is missing" if value is None else f"{_show(value)} is not Unix seconds"
+    r.warn("timestamp", f"{problem}; the receive time is used")
     return now_s
 
 

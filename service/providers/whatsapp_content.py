@@ -83,7 +83,12 @@ def _location(r: Reader, msg: Obj) -> Content:
     lat, long = r.number(loc, "latitude", "location"), r.number(loc, "longitude", "location")
     if lat is None or long is None:
         return Content()
-    return Content(text=f"{lat:g},{long:g}")
+    return Content(text=f"{_coordinate(lat)},{_coordinate(long)}")
+
+
+def _coordinate(value: float) -> str:
+    """As given: every digit kept (``:g`` would round to about 100 m)."""
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _contacts(r: Reader, msg: Obj) -> Content:

@@ -76,15 +76,15 @@ async def receive(request: Request) -> Response:
     if not isinstance(doc, dict):
         return answer(400, error(400, "the body must be a JSON object"))
     parsed = parse_webhook(doc, per_member_groups=state.settings.whatsapp_groups == "member")
-    if parsed.statuses:
-        stats.messages.labels(ENDPOINT, "status").inc(parsed.statuses)
-    if parsed.skipped:
-        stats.messages.labels(ENDPOINT, "skipped").inc(parsed.skipped)
-    if len(parsed.messages) > MAX_MESSAGES_PER_POST:
+    if len(parsed.messages) > MAX_MESSAGES_PER_POST:  # Meta sends at most 1000 updates
         stats.messages.labels(ENDPOINT, "too_many").inc(len(parsed.messages))
         return answer(413, error(413, f"more than {MAX_MESSAGES_PER_POST} messages in one request"))
     try:
         await store_parsed(state, ENDPOINT, parsed)
     except RedisUnavailable as exc:
         return answer(503, unavailable(str(exc)))
+    if parsed.statuses:  # counted once stored: a retried POST is not counted twice
+        stats.messages.labels(ENDPOINT, "status").inc(parsed.statuses)
+    if parsed.skipped:
+        stats.messages.labels(ENDPOINT, "skipped").inc(parsed.skipped)
     return answer(200, PlainTextResponse("OK"))

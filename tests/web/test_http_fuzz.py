@@ -7,11 +7,19 @@ with one field corrupted, valid multi-message payloads and signature variants at
 delivers to a ``Collector`` on a real Redis. Properties:
 
 - never a 500 (or an exception out of the app): only the statuses the contract names;
-- a refused request stores nothing (no partial append): the dedupe index does not
-  grow, and none of its messages is ever delivered;
+- a refused request stores nothing (no partial append): the dedupe index and the
+  rejected store do not grow, and none of its messages is ever delivered;
+- WhatsApp is tolerant: 400 only for a body that is not a JSON object (bad bytes, bad
+  JSON, NaN, or nesting beyond what the JSON parser reads); any signed JSON object is
+  answered 200 (413 above 1000 messages) once everything in it is stored;
+- no WhatsApp message is lost: each one whose envelope (entry, change, value) still
+  leads to it and whose identity (id, sender, group) is as sent is either stored in
+  its chat (``wa:<phone_number_id>:<sender>`` or ``wa:<phone_number_id>:g:<group>``)
+  or kept, as received, in the rejected store; never both, never twice;
 - an accepted valid request stores every one of its messages (checked in Redis at
-  once), and each is delivered exactly once, in its own chat (message ids and texts
-  encode the chat they were sent to), carrying its text;
+  once), system messages included, and each is delivered exactly once, in its own
+  chat (message ids and texts encode the chat they were sent to), carrying its text,
+  its sender, its ``sent_at`` and, as ``data``, the message object exactly as sent;
 - at the end, the number of delivered messages is exactly the number the service
   said it stored (no message appears from a refused request, none is lost);
 - every delivered batch can be serialised for the HTTP forward (what
@@ -47,8 +55,9 @@ from redis.asyncio import Redis
 from service.engine.engine import Engine
 from service.store.backlog import read_backlog
 from service.store.keyspace import Keyspace, seen_member
+from service.store.rejected import RejectedStore
 from service.tooling.samples import WA_OBJECT, wa_text, wa_value, wa_webhook
-from service.web.body import MAX_BODY_BYTES
+from service.web.body import MAX_BODY_BYTES, MAX_MESSAGES_PER_POST
 from tests.helpers import HOSTILE, Collector, app_client
 
 T = TypeVar("T")
@@ -58,6 +67,10 @@ WA = "/webhooks/whatsapp"
 GEN = "/v1/messages"
 ALLOWED = {WA: {200, 400, 401, 413}, GEN: {202, 400, 413, 422}}
 REFUSED = {400, 401, 413, 422}
+# Python's JSON parser gives up (RecursionError) somewhere past ~900 levels, depending
+# on the stack it runs on; the service then answers 400 (parse_json: "absurd
+# nesting"). A body nested at most this deep must be read.
+PARSER_DEPTH = 800
 
 FUZZ = settings(
     max_examples=50,
@@ -211,6 +224,7 @@ def flipped(draw: st.DrawFn, body: bytes) -> bytes:
 PHONE_IDS = ["200000000000002", "200000000000003"]
 SENDERS = ["15550111111", "+15550122222", "15550133333", "447700900123"]
 USER_IDS = ["US.13491208655302741918", "BR.77"]  # BSUID-only senders (no "from")
+GROUPS = ["120363000000000001", "120363000000000002"]
 TYPES = ["text", "image", "interactive", "button", "reaction", "location", "audio", "system"]
 
 
@@ -219,9 +233,15 @@ class Planned:
     """One message of a generated WhatsApp payload (ids are assigned when it is sent)."""
 
     local: int  # its placeholder id is f"@{local}"
-    chat_id: str | None  # None: not batched (type "system")
-    text: str | None
-    check_text: bool
+    phone_id: str  # metadata.phone_number_id of its value
+    chat_key: str  # its chat is f"wa:{phone_number_id}:{chat_key}": the sender or "g:<group>"
+    sender: str  # Sender.id: the phone number without "+", or the BSUID
+    text: str | None  # the text a bot reads ("" read as None)
+    name: str | None = None  # the sender's profile name, from value.contacts
+
+    @property
+    def chat_id(self) -> str:
+        return f"wa:{self.phone_id}:{self.chat_key}"
 
 
 @st.composite
@@ -235,7 +255,7 @@ def wa_message(draw: st.DrawFn, local: int, phone_id: str) -> tuple[dict[str, An
     else:
         msg["from"] = sender
     msg["type"] = kind
-    check = True
+    shown: str | None = text
     if kind == "text":
         msg["text"] = {"body": text}
     elif kind == "image":
@@ -244,25 +264,33 @@ def wa_message(draw: st.DrawFn, local: int, phone_id: str) -> tuple[dict[str, An
         msg["interactive"] = {"type": "button_reply", "button_reply": {"id": "b", "title": text}}
     elif kind == "button":
         msg["button"] = {"text": text, "payload": "p"}
+        shown = text or "p"  # no text: the payload
     elif kind == "reaction":
         msg["reaction"] = {"message_id": "wamid.earlier", "emoji": text}
     elif kind == "location":
-        msg["location"] = {"latitude": draw(st.floats(-90, 90)), "longitude": 1.5}
-        check = False
-    else:  # audio (no text), system (not batched)
-        msg[kind] = {"id": "4000000000000004"} if kind == "audio" else {"body": text}
-        check = kind == "audio"
-        text = None
+        latitude = draw(st.floats(-90, 90))
+        msg["location"] = {"latitude": latitude, "longitude": 1.5}
+        shown = f"{latitude:g},{1.5:g}"
+    elif kind == "audio":
+        msg["audio"] = {"id": "4000000000000004"}
+        shown = None
+    else:  # system: batched like any other message now
+        msg["system"] = {"body": text}
     if draw(st.booleans()):
         msg["context"] = {"from": "15550100000", "id": "wamid.ctx"}
-    chat = None if kind == "system" else f"wa:{phone_id}:{sender.removeprefix('+')}"
-    return msg, Planned(local, chat, text or None, check)
+    group = draw(st.sampled_from([None, None, *GROUPS]))
+    if group is not None:
+        msg["group_id"] = group
+    key = sender.removeprefix("+")
+    chat_key = key if group is None else f"g:{group}"
+    return msg, Planned(local, phone_id, chat_key, key, shown or None)
 
 
 @st.composite
 def wa_payloads(draw: st.DrawFn) -> tuple[dict[str, Any], list[Planned]]:
-    """A valid Cloud API payload: 1-2 entries of 1-2 changes, up to 4 messages each,
-    contacts, statuses, errors, a non-message change and Meta-style repeated messages."""
+    """A valid Cloud API payload: 1-2 entries of 1-2 changes, up to 4 messages each
+    (some in groups), contacts, statuses, errors, a non-message change and Meta-style
+    repeated messages."""
     planned: list[Planned] = []
     local = itertools.count()
     entries = []
@@ -271,10 +299,11 @@ def wa_payloads(draw: st.DrawFn) -> tuple[dict[str, Any], list[Planned]]:
         for _ in range(draw(st.integers(1, 2))):
             phone_id = draw(st.sampled_from(PHONE_IDS))
             msgs: list[dict[str, Any]] = []
+            plans: list[Planned] = []
             for _ in range(draw(st.integers(0, 4))):
                 msg, plan = draw(wa_message(next(local), phone_id))
                 msgs.append(msg)
-                planned.append(plan)
+                plans.append(plan)
             if msgs and draw(st.booleans()):
                 msgs.append(copy.deepcopy(draw(st.sampled_from(msgs))))  # a repeat: stored once
             senders = {m.get("from", "").removeprefix("+") for m in msgs} - {""}
@@ -286,6 +315,9 @@ def wa_payloads(draw: st.DrawFn) -> tuple[dict[str, Any], list[Planned]]:
             if draw(st.booleans()):
                 extra["errors"] = [{"code": 131047, "title": draw(strings)}]
             contacts = {s: draw(strings) for s in sorted(senders)}
+            for plan in plans:
+                plan.name = contacts.get(plan.sender) or None  # BSUID senders: no contact
+            planned.extend(plans)
             changes.append(wa_value(msgs, phone_number_id=phone_id, contacts=contacts, **extra))
         if draw(st.booleans()):
             changes.append({"field": "account_update", "value": {"event": draw(strings)}})
@@ -331,6 +363,130 @@ def corrupt(draw: st.DrawFn, doc: Any) -> Any:
     else:
         parent[key] = DEEP
     return doc
+
+
+# --- a model of where the parser looks (independent of it) --------------------------------------
+
+MISSING = object()
+IDENTITY = ("id", "from", "from_user_id", "group_id")  # what names a message and its chat
+
+
+def _items(node: Any, key: str) -> list[Any]:
+    value = node.get(key) if isinstance(node, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def message_values(doc: Any) -> list[dict[str, Any]]:
+    """The ``value`` objects of a webhook document's ``messages`` changes."""
+    if not isinstance(doc, dict) or doc.get("object") != WA_OBJECT:
+        return []
+    return [
+        change["value"]
+        for entry in _items(doc, "entry")
+        for change in _items(entry, "changes")
+        if isinstance(change, dict)
+        and change.get("field") == "messages"
+        and isinstance(change.get("value"), dict)
+    ]
+
+
+def reachable(doc: Any) -> list[tuple[Any, Any]]:
+    """(metadata.phone_number_id as sent, message) for every item of every
+    ``value.messages`` list the envelope leads to."""
+    out: list[tuple[Any, Any]] = []
+    for value in message_values(doc):
+        meta = value.get("metadata")
+        phone_id = meta.get("phone_number_id") if isinstance(meta, dict) else None
+        out.extend((phone_id, msg) for msg in _items(value, "messages"))
+    return out
+
+
+def as_text(value: Any) -> str | None:
+    """An id field as the contract reads it: a non-empty string, or a number as text."""
+    if isinstance(value, str):
+        return value if value and value != DEEP else None  # DEEP: a list or an object
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def holds(node: Any, needle: str) -> bool:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if item == needle:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def scrub(node: Any, replacement: str) -> Any:
+    """``node`` with every lone surrogate replaced, as storing it as UTF-8 does:
+    U+FFFD in a stored message, "?" in the rejected store."""
+    if isinstance(node, str):
+        return LONE_SURROGATE.sub(replacement, node)
+    if isinstance(node, list):
+        return [scrub(v, replacement) for v in node]
+    if isinstance(node, dict):
+        return {scrub(k, replacement): scrub(v, replacement) for k, v in node.items()}
+    return node
+
+
+def utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def as_decoded(text: str | None, ascii_only: bool) -> str | None:
+    """``text`` as JSON decoding gives it back (escaped surrogate pairs recombine)."""
+    return json.loads(json.dumps(text)) if ascii_only and text is not None else text
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def nesting(body: bytes) -> int:
+    """How deep lists and objects nest in ``body`` (strings skipped)."""
+    depth = deepest = 0
+    for c in _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKET):
+        depth += 1 if c in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json(body: bytes) -> tuple[str, Any]:
+    """("json", document), ("invalid", None) for bytes that are not strict JSON, or
+    ("deep", None) when ``body`` nests beyond ``PARSER_DEPTH`` (either may happen)."""
+    if nesting(body) > PARSER_DEPTH:
+        return "deep", None
+    try:
+        return "json", json.loads(body, parse_constant=_not_json)
+    except RecursionError:
+        return "deep", None
+    except ValueError:
+        return "invalid", None
+
+
+def wa_statuses(reading: str, doc: Any, body: bytes) -> set[int]:
+    """What a signed POST of ``body`` may be answered, by the tolerant contract."""
+    if len(body) > MAX_BODY_BYTES:
+        return {413}
+    if reading == "deep":
+        return {200, 400}
+    if reading == "invalid" or not isinstance(doc, dict):
+        return {400}
+    return {200, 413} if len(reachable(doc)) > MAX_MESSAGES_PER_POST else {200}
 
 
 # --- strategies: generic messages ------------------------------------------------------------
@@ -391,12 +547,26 @@ def generic_payloads(draw: st.DrawFn) -> GenPlan:
 
 
 @dataclass
+class WaWant:
+    """What a stored WhatsApp message must be delivered with."""
+
+    data: Any  # the message object as sent (lone surrogates as U+FFFD)
+    sender: str  # Sender.id
+    name: str | None  # Sender.name, when check_name
+    check_name: bool
+    sent_at: float | None  # None: not checked (an unreadable timestamp: the receive time)
+
+
+@dataclass
 class Ledger:
     stored: int = 0  # messages the service said (or showed) it stored
     expect: dict[str, str] = field(default_factory=dict)  # id or text marker -> its chat
     texts: dict[str, str | None] = field(default_factory=dict)  # message id -> its text
+    wa: dict[str, WaWant] = field(default_factory=dict)  # wamid -> what it carries
     forbidden: set[str] = field(default_factory=set)  # ids / markers never to be delivered
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    rejected: int = 0  # entries accepted requests added to the rejected store
+    outcomes: Counter[str] = field(default_factory=Counter)  # WhatsApp messages accounted for
 
 
 class Fuzz:
@@ -414,6 +584,8 @@ class Fuzz:
         self.redis = redis
         self.loop = loop
         self.keys: Keyspace = engine.keys
+        self.rejected = RejectedStore(redis, self.keys)
+        self.last_rejected = 0  # rejected-store entries the last request added
         self.ledger = Ledger()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -431,19 +603,24 @@ class Fuzz:
         self, path: str, body: bytes, headers: dict[str, str] | None = None
     ) -> tuple[httpx.Response, int]:
         """POST; checks the status is one the contract allows and that a refused request
-        stored nothing. Returns the response and how many dedupe entries it added."""
-        before = await self.seen_total()
+        stored nothing. Returns the response and how many dedupe entries it added (and
+        sets ``last_rejected``: how many rejected-store entries)."""
+        before, kept_before = await self.seen_total(), await self.rejected.count()
         try:
             r = await self.client.post(path, content=body, headers=headers or {})
         except Exception as exc:  # the app raised instead of answering
             pytest.fail(f"POST {path} raised {type(exc).__name__}: {exc}\nbody={body[:300]!r}")
         added = await self.seen_total() - before
+        self.last_rejected = kept = await self.rejected.count() - kept_before
         self.ledger.statuses[(path, r.status_code)] += 1
         assert r.status_code in ALLOWED[path], (r.status_code, r.text[:300], body[:300])
         if r.status_code in REFUSED:
             assert added == 0, f"refused ({r.status_code}) yet stored {added}: {body[:300]!r}"
+            assert kept == 0, f"refused ({r.status_code}) yet rejected {kept}: {body[:300]!r}"
             assert r.headers["content-type"].startswith("application/json")
             assert isinstance(r.json()["error"], str)
+        else:
+            self.ledger.rejected += kept
         return r, added
 
     async def post_wa(
@@ -492,6 +669,100 @@ class Fuzz:
         bk = self.keys.chat(chat_id).bucket
         return await self.redis.zscore(bk.seen, seen_member(chat_id, message_id)) is not None
 
+    async def rejected_by_id(self) -> dict[str, list[Any]]:
+        """The raw objects in the rejected store that carry a string ``id``, by id."""
+        out: dict[str, list[Any]] = {}
+        for entry in await self.rejected.list(limit=10**9):
+            assert entry.source == "whatsapp", entry
+            raw = entry.raw
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+                out.setdefault(raw["id"], []).append(raw)
+        return out
+
+    async def account(
+        self,
+        sent: Any,
+        original: Any,
+        planned: list[Planned],
+        ids: dict[int, str],
+        *,
+        ascii_only: bool = True,
+        check_names: bool = False,
+    ) -> Counter[str]:
+        """After a 200 for the document ``sent`` (``original`` with a corruption, or
+        ``original`` itself): no planned message is lost.
+
+        Each one whose envelope still leads to it, in a single version (a repeat may
+        have been corrupted apart from it), with its id, sender and group as planned,
+        is either stored in its chat or kept in the rejected store as it was sent, not
+        both; the ledger then expects it delivered once, with its object as ``data``
+        (and, when it is intact, its text and ``sent_at``), or never. One the envelope
+        no longer leads to ("gone") is never stored. Returns how many were "stored",
+        "rejected", "gone", or "untracked" (a repeat differs, the deep part is in it, or
+        its id, sender or group changed: stored or not, its chat is anyone's guess).
+        """
+        originals: dict[str, Any] = {}
+        for _, msg in reachable(original):
+            originals.setdefault(msg["id"], msg)
+        found: dict[str, list[tuple[Any, Any]]] = {}
+        for phone_id, msg in reachable(sent):
+            wamid = msg.get("id") if isinstance(msg, dict) else None
+            if isinstance(wamid, str):
+                found.setdefault(wamid, []).append((phone_id, msg))
+        kept = await self.rejected_by_id()
+        outcome: Counter[str] = Counter()
+        for p in planned:
+            wamid = ids[p.local]
+            mine = originals[wamid]
+            copies = found.get(wamid, [])
+            versions: list[Any] = []
+            for _, msg in copies:
+                if msg not in versions:
+                    versions.append(msg)
+            if not versions:  # the envelope no longer leads to it, or its id is gone
+                assert not await self.stored_in_redis(p.chat_id, wamid), f"{wamid} stored"
+                self.ledger.forbidden.add(wamid)
+                outcome["gone"] += 1
+                continue
+            if len(versions) > 1 or holds(versions[0], DEEP):
+                outcome["untracked"] += 1
+                continue
+            version = versions[0]
+            if any(version.get(k, MISSING) != mine.get(k, MISSING) for k in IDENTITY):
+                outcome["untracked"] += 1
+                continue
+            phone_id = as_text(copies[0][0])
+            chat = None if phone_id is None else f"wa:{phone_id}:{p.chat_key}"
+            stored = chat is not None and utf8(chat) and await self.stored_in_redis(chat, wamid)
+            raws = kept.get(wamid, [])
+            where = f"{wamid} (chat {chat!r:.80}): {json.dumps(version)[:300]}"
+            assert len(raws) <= 1, f"kept {len(raws)} times in the rejected store: {where}"
+            if raws:
+                assert raws[0] == scrub(version, "?"), f"rejected, not as sent: {where}"
+            if not stored and not raws:
+                pytest.fail(f"lost: neither stored in its chat nor rejected: {where}")
+            if stored and raws:
+                pytest.fail(f"both stored and rejected: {where}")
+            if raws:
+                self.ledger.forbidden.add(wamid)
+                outcome["rejected"] += 1
+                continue
+            assert chat is not None
+            intact = version == mine
+            self.ledger.expect[wamid] = chat
+            if intact:
+                self.ledger.texts[wamid] = as_decoded(p.text, ascii_only)
+            self.ledger.wa[wamid] = WaWant(
+                data=scrub(version, "\ufffd"),
+                sender=p.sender,
+                name=as_decoded(p.name, ascii_only),
+                check_name=check_names,
+                sent_at=float(version["timestamp"]) if intact else None,
+            )
+            outcome["stored"] += 1
+        self.ledger.outcomes.update(outcome)
+        return outcome
+
     # --- known edges, sent after every run (random search may miss them) ---
 
     async def post_known_whatsapp(self) -> None:
@@ -503,11 +774,11 @@ class Fuzz:
             doc = wa_webhook([wa_value([message], phone_number_id=PHONE_IDS[0])])
             body = with_deep(encode(doc, ascii_only), "[" * 30 + "]" * 30)
             r, added = await self.post_wa(body)
-            assert r.status_code == 200 and added == 1, r.text
+            assert r.status_code == 200 and added == 1 and self.last_rejected == 0, r.text
+            sent = json.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]
             self.ledger.expect[wamid] = f"wa:{PHONE_IDS[0]}:{SENDERS[0]}"
-            self.ledger.texts[wamid] = json.loads(body)["entry"][0]["changes"][0]["value"][
-                "messages"
-            ][0]["text"]["body"]
+            self.ledger.texts[wamid] = sent["text"]["body"]
+            self.ledger.wa[wamid] = WaWant(scrub(sent, "\ufffd"), SENDERS[0], None, True, 1.0)
 
     async def post_known_generic(self) -> None:
         """``data`` with lone surrogates, and ``data`` nested 31 and 300 deep (the JSON
@@ -534,7 +805,8 @@ class Fuzz:
     # --- the end of a test ---
 
     async def settle(self) -> None:
-        """Everything stored is delivered once, in its chat; nothing refused shows up."""
+        """Everything stored is delivered once, in its chat, with what it carried;
+        nothing refused or rejected shows up."""
         ledger, collector = self.ledger, self.collector
         await collector.wait_for(lambda: collector.message_count() >= ledger.stored, 20)
         deadline = time.monotonic() + 10
@@ -554,6 +826,14 @@ class Fuzz:
             if m.id in ledger.texts:
                 want = ledger.texts[m.id]
                 assert same_text(m.text, want), (m.id, m.text, want)
+            wa = ledger.wa.get(m.id)
+            if wa is not None:
+                assert m.data == wa.data, f"{m.id}: data {m.data!r:.300} != {wa.data!r:.300}"
+                assert m.sender is not None and m.sender.id == wa.sender, (m.id, m.sender)
+                if wa.check_name:
+                    assert same_text(m.sender.name, wa.name), (m.id, m.sender.name, wa.name)
+                if wa.sent_at is not None:
+                    assert m.sent_at == wa.sent_at, (m.id, m.sent_at, wa.sent_at)
             assert not {m.id, m.text} & ledger.forbidden, f"refused message delivered: {m}"
         missing = [k for k in ledger.expect if seen[k] != 1]
         assert not missing, f"not delivered exactly once: {[(k, seen[k]) for k in missing][:5]}"
@@ -621,26 +901,26 @@ async def in_thread(examples: Callable[[], None]) -> None:
 
 async def test_whatsapp_valid_payloads(fuzz: Fuzz) -> None:
     """Valid multi-entry, multi-sender payloads: 200, every message stored at once (system
-    messages excepted), repeats stored once, then each delivered once in its own chat."""
+    and group messages included), none rejected, repeats stored once; then each delivered
+    once in its own chat, with its text, sender, profile name, sent_at and, as data, the
+    message object as sent."""
 
     @FUZZ
     @given(generated=wa_payloads(), ascii_only=st.booleans())
     def examples(generated: tuple[dict[str, Any], list[Planned]], ascii_only: bool) -> None:
         doc, planned = copy.deepcopy(generated[0]), generated[1]
         ids = fuzz.instantiate(doc, planned)
-        r, added = fuzz.run(fuzz.post_wa(encode(doc, ascii_only)))
+        body = encode(doc, ascii_only)
+        sent = json.loads(body)  # as the service reads it
+        r, added = fuzz.run(fuzz.post_wa(body))
         assert r.status_code == 200, r.text
-        batched = [p for p in planned if p.chat_id is not None]
-        assert added == len(batched)
+        assert (added, fuzz.last_rejected) == (len(planned), 0)
+        outcome = fuzz.run(
+            fuzz.account(sent, sent, planned, ids, ascii_only=ascii_only, check_names=True)
+        )
+        assert outcome == Counter(stored=len(planned)), outcome
         for p in planned:
-            wamid = ids[p.local]
-            if p.chat_id is None:
-                fuzz.ledger.forbidden.add(wamid)
-                continue
-            assert fuzz.run(fuzz.stored_in_redis(p.chat_id, wamid)), (p, wamid)
-            fuzz.ledger.expect[wamid] = p.chat_id
-            if p.check_text:  # as JSON decoding gives it back (escaped pairs recombine)
-                fuzz.ledger.texts[wamid] = json.loads(json.dumps(p.text)) if ascii_only else p.text
+            assert fuzz.ledger.expect[ids[p.local]] == p.chat_id, (p, ids[p.local])
 
     await in_thread(examples)
     assert fuzz.ledger.statuses[(WA, 200)] > 0
@@ -650,7 +930,9 @@ async def test_whatsapp_valid_payloads(fuzz: Fuzz) -> None:
 
 async def test_whatsapp_corrupted_payloads(fuzz: Fuzz) -> None:
     """A valid payload with one node deleted, nulled, emptied, retyped, made huge or
-    nested very deep: 200 or 400, never a 500; a 400 stores none of its messages."""
+    nested very deep: 200 (400 only for NaN/Infinity, which is not JSON, or nesting
+    beyond the JSON parser), never a 500; no message lost: each one the corruption left
+    reachable and named as sent is stored in its chat or kept in the rejected store."""
 
     @FUZZ
     @given(generated=wa_payloads(), data=st.data())
@@ -659,14 +941,20 @@ async def test_whatsapp_corrupted_payloads(fuzz: Fuzz) -> None:
         ids = fuzz.instantiate(doc, planned)
         bad = data.draw(corrupt(doc))
         body = with_deep(encode(bad), data.draw(deep_json(20, 1200)))
+        reading, read = read_json(body)
         r, added = fuzz.run(fuzz.post_wa(body))
-        if r.status_code == 400:
+        assert r.status_code in wa_statuses(reading, read, body), (reading, r.text[:300])
+        if r.status_code != 200:
             fuzz.ledger.forbidden.update(ids.values())
-        else:
-            assert added <= len(planned) + 1
+            return
+        assert added <= len(planned) + 1  # a corrupted repeat may be a message of its own
+        # The document with the deep part as its placeholder: what the corruption did.
+        fuzz.run(fuzz.account(json.loads(encode(bad)), json.loads(encode(doc)), planned, ids))
 
     await in_thread(examples)
-    assert fuzz.ledger.statuses[(WA, 400)] > 0
+    assert fuzz.ledger.statuses[(WA, 200)] > 0
+    assert fuzz.ledger.outcomes["stored"] > 0, fuzz.ledger.outcomes
+    assert fuzz.ledger.rejected > 0, "no corruption was kept in the rejected store"
     await fuzz.settle()
 
 
@@ -691,15 +979,20 @@ wa_documents = st.one_of(
 
 async def test_whatsapp_random_documents_and_bytes(fuzz: Fuzz) -> None:
     """Random JSON (also in the payload's skeleton), deep nesting, truncated and random
-    bytes, all correctly signed: 200 or 400, never a 500."""
+    bytes, all correctly signed: 200 for a JSON object, 400 for anything else (or for
+    nesting beyond the JSON parser), never a 500; odd messages go to the rejected store."""
 
     @FUZZ
     @given(body=raw_bodies(wa_documents))
     def examples(body: bytes) -> None:
-        fuzz.run(fuzz.post_wa(body))
+        reading, doc = read_json(body)
+        r, _ = fuzz.run(fuzz.post_wa(body))
+        assert r.status_code in wa_statuses(reading, doc, body), (reading, r.text[:300])
 
     await in_thread(examples)
-    assert fuzz.ledger.statuses[(WA, 400)] > 0
+    assert fuzz.ledger.statuses[(WA, 200)] > 0
+    assert fuzz.ledger.statuses[(WA, 400)] > 0  # bodies that are not a JSON object
+    assert fuzz.ledger.rejected > 0, "no odd message was kept in the rejected store"
     await fuzz.settle()
 
 
@@ -745,9 +1038,9 @@ async def test_whatsapp_signatures(fuzz: Fuzz) -> None:
         elif variant not in ("upper", "padded"):
             assert r.status_code == 401, (variant, header, r.text)
         if r.status_code == 200:
-            for p in planned:
-                if p.chat_id is not None:
-                    fuzz.ledger.expect[ids[p.local]] = p.chat_id
+            sent = json.loads(body)
+            outcome = fuzz.run(fuzz.account(sent, sent, planned, ids, check_names=True))
+            assert outcome == Counter(stored=len(planned)), outcome
         else:
             fuzz.ledger.forbidden.update(ids.values())
 
@@ -906,3 +1199,132 @@ async def test_non_standard_json_constants_are_refused(fuzz: Fuzz) -> None:
         doc = wa_webhook([wa_value([location], phone_number_id=PHONE_IDS[0])])
         r, _ = await fuzz.post_wa(with_deep(encode(doc), constant))
         assert r.status_code == 400, (constant, r.status_code, r.text)
+
+
+# --- WhatsApp: the rejected store, the message limit, odd fields -----------------------------
+
+
+def nested(depth: int) -> Any:
+    """A list nested ``depth`` levels, non-empty all the way down."""
+    node: Any = [1]
+    for _ in range(depth - 1):
+        node = [node]
+    return node
+
+
+async def test_whatsapp_keeps_what_no_chat_can_be_named_for(fuzz: Fuzz) -> None:
+    """One POST with each kind of message the contract keeps in the rejected store (not
+    an object, no id, no sender, no metadata.phone_number_id, nested too deep, a chat id
+    too long, above the size limit, a ``messages`` that is not a list) beside messages it
+    batches (a group message, a system message, an unreadable timestamp): 200; those
+    stored in their chats and delivered, these kept whole, as received, never delivered."""
+    phone = PHONE_IDS[0]
+
+    def text(sender: str, body: str, **extra: Any) -> dict[str, Any]:
+        return {**wa_text(sender, fresh("wamid.FZ.edge."), body, timestamp=7), **extra}
+
+    plain = text(SENDERS[0], "plain")
+    group = text(SENDERS[1], "in a group", group_id=GROUPS[0])
+    system = {
+        "from": SENDERS[2],
+        "id": fresh("wamid.FZ.edge."),
+        "timestamp": "8",
+        "type": "system",
+        "system": {"body": "changed number", "type": "customer_changed_number"},
+    }
+    late = text(SENDERS[3], "when?", timestamp="soon")
+    batched = [
+        (plain, f"wa:{phone}:{SENDERS[0]}", "plain"),
+        (group, f"wa:{phone}:g:{GROUPS[0]}", "in a group"),
+        (system, f"wa:{phone}:{SENDERS[2]}", "changed number"),
+        (late, f"wa:{phone}:{SENDERS[3]}", "when?"),
+    ]
+    no_id = text(SENDERS[0], "no id")
+    del no_id["id"]
+    no_sender = text(SENDERS[0], "no sender")  # and no contacts to name one
+    del no_sender["from"]
+    deep = text(SENDERS[0], "too deep", extra=nested(40))
+    huge = text(SENDERS[0], "x" * (70 * 1024))  # text and data: above 64 KiB
+    not_object = ["not", "an", "object", fresh("marker-")]
+    orphan = text(SENDERS[0], "no metadata")
+    far = text(SENDERS[0], "chat id too long")
+    loose = text(SENDERS[0], "messages is not a list")
+    first = wa_value(
+        [plain, group, system, late, no_id, no_sender, deep, huge], phone_number_id=phone
+    )
+    first["messages"].append(not_object)
+    doc = wa_webhook(
+        [
+            first,
+            {"field": "messages", "value": {"messages": [orphan]}},
+            wa_value([far], phone_number_id="9" * 5000),
+            {
+                "field": "messages",
+                "value": {"metadata": {"phone_number_id": phone}, "messages": loose},
+            },
+        ],
+        waba_id="100000000000001",
+    )
+    rejected = [no_id, no_sender, deep, huge, not_object, orphan, far, loose]
+    before = time.time()
+    r, added = await fuzz.post_wa(encode(doc))
+    after = time.time()
+    assert r.status_code == 200, r.text
+    assert (added, fuzz.last_rejected) == (len(batched), len(rejected))
+    kept = [e.raw for e in await fuzz.rejected.list(limit=100)]
+    missing = [json.dumps(m)[:80] for m in rejected if m not in kept]
+    assert not missing, f"not kept as received: {missing}"
+    for msg, chat, body in batched:
+        assert await fuzz.stored_in_redis(chat, msg["id"]), (chat, msg)
+        fuzz.ledger.expect[msg["id"]] = chat
+        fuzz.ledger.texts[msg["id"]] = body
+        sent_at = None if msg is late else float(msg["timestamp"])
+        fuzz.ledger.wa[msg["id"]] = WaWant(msg, msg["from"].removeprefix("+"), None, True, sent_at)
+    fuzz.ledger.forbidden.update(m["id"] for m in rejected if isinstance(m, dict) and "id" in m)
+    await fuzz.settle()
+    delivered = {m.id: m for b in fuzz.collector.batches for m in b.messages}
+    got = delivered[late["id"]]
+    assert got.sent_at is not None and before - 1 <= got.sent_at <= after + 1, got.sent_at
+    assert any(w.startswith("timestamp") for w in got.warnings), got.warnings
+    assert not delivered[plain["id"]].warnings
+
+
+async def test_whatsapp_more_than_1000_messages(fuzz: Fuzz) -> None:
+    """Meta sends at most 1000 updates in one POST: more is answered 413, and nothing of
+    it is stored or kept (the refusal check in ``Fuzz.post``)."""
+    msgs = [
+        wa_text(SENDERS[0], fresh("wamid.FZ.many."), "m") for _ in range(MAX_MESSAGES_PER_POST + 1)
+    ]
+    r, _ = await fuzz.post_wa(encode(wa_webhook([wa_value(msgs, phone_number_id=PHONE_IDS[0])])))
+    assert r.status_code == 413, r.text
+    fuzz.ledger.forbidden.update(m["id"] for m in msgs)
+    await fuzz.settle()
+
+
+@pytest.mark.parametrize("errors", [5, True, 1.5, "x", {"code": 1}])
+async def test_whatsapp_value_errors_not_a_list(fuzz: Fuzz, errors: Any) -> None:
+    """``value.errors`` that is not a list is an unreadable field, no more: 200, and
+    the message beside it stored."""
+    msg = wa_text(SENDERS[0], fresh("wamid.FZ.errors."), "beside odd errors")
+    doc = wa_webhook([wa_value([msg], phone_number_id=PHONE_IDS[0], errors=errors)])
+    r, added = await fuzz.post_wa(encode(doc))
+    assert r.status_code == 200 and added == 1, r.text
+    fuzz.ledger.expect[msg["id"]] = f"wa:{PHONE_IDS[0]}:{SENDERS[0]}"
+    await fuzz.settle()
+
+
+async def test_whatsapp_message_id_with_a_lone_surrogate(fuzz: Fuzz) -> None:
+    """A message id holding a lone surrogate (escaped in the JSON): 200; that message
+    stored or rejected, the valid one beside it stored."""
+    plain = wa_text(SENDERS[0], fresh("wamid.FZ.plain."), "plain")
+    odd = wa_text(SENDERS[2], fresh("wamid.FZ.\ud800."), "odd id")
+    doc = wa_webhook([wa_value([plain, odd], phone_number_id=PHONE_IDS[0])])
+    r, added = await fuzz.post_wa(encode(doc))
+    assert r.status_code == 200, r.text
+    assert added + fuzz.last_rejected == 2, (added, fuzz.last_rejected)
+    if fuzz.last_rejected:  # kept as received (a lone surrogate is stored as "?")
+        assert scrub(odd, "?") in [e.raw for e in await fuzz.rejected.list()]
+    chat = f"wa:{PHONE_IDS[0]}:{SENDERS[0]}"
+    assert await fuzz.stored_in_redis(chat, plain["id"])
+    fuzz.ledger.expect[plain["id"]] = chat
+    await fuzz.settle()
