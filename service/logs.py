@@ -37,6 +37,7 @@ LEVELS = {
     "refused": logging.WARNING,  # a request refused (bad signature, token): rate-limited
     "admin": logging.INFO,
     "ownership": logging.INFO,  # this process's share of the buckets changed
+    "topology": logging.INFO,  # the primaries listened to changed (a cluster)
 }
 
 

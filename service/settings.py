@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Acknowledge a message only once this many replicas have it (WAIT).",
     )
+    redis_cluster: Literal["auto", "true", "false"] = Field(
+        default="auto",
+        description="Whether BATCHER_REDIS_URL names a node of a Redis Cluster: auto asks "
+        "the server (INFO cluster).",
+    )
     ack_timeout_ms: int = Field(default=1_000, gt=0, description="How long WAIT may take.")
     allow_eviction: bool = Field(
         default=False,

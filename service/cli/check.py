@@ -14,9 +14,11 @@ import contextlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 from rich.console import Console
 from rich.table import Table
@@ -25,7 +27,7 @@ from rich.text import Text
 from service.cli.setup import add_redis_url, url_of, with_settings
 from service.settings import Settings
 from service.store.checks import Check, config_get, run_checks
-from service.store.connections import create_redis
+from service.store.connections import connect, create_redis, is_cluster, primary_urls
 from service.store.keyspace import Keyspace, expired_channel
 
 PUBSUB_MIN_HARD_BYTES = 64 * 1024 * 1024
@@ -154,22 +156,54 @@ async def check_event_lag(redis: Redis, settings: Settings) -> Check:
 
 
 async def doctor(settings: Settings, console: Console) -> int:
-    redis = create_redis(url_of(settings, "check"))
+    url = url_of(settings, "check")
     try:
-        checks = await run_checks(redis, settings, fix=False)
-        checks.append(await check_pubsub_buffer(redis))
-        checks.append(await check_permissions(redis, settings))
-        if any(c.name == "notifications" and c.status == "ok" for c in checks):
-            checks.append(await asyncio.wait_for(check_event_lag(redis, settings), 30))
+        client = await connect(url, settings.redis_cluster)
+    except (RedisError, OSError, TimeoutError) as exc:
+        console.print(f"[bold red]FAIL[/] cannot reach {settings.redis_url_display}: {exc}")
+        return 2
+    try:
+        nodes = await primary_urls(client, url) if is_cluster(client) else {"": url}
+        probes = _probe_node(client, settings)
+        checks: list[Check] = []
+        for name, node_url in nodes.items():
+            node = create_redis(node_url) if name else client
+            try:
+                found = await _node_checks(node, settings, probes=name in (probes, ""))
+            finally:
+                if name:
+                    await node.aclose()
+            checks += [replace(c, detail=f"{name}: {c.detail}") for c in found] if name else found
     except (RedisError, OSError, TimeoutError) as exc:
         console.print(f"[bold red]FAIL[/] cannot reach {settings.redis_url_display}: {exc}")
         return 2
     finally:
-        await redis.aclose()
+        await client.aclose()
     console.print(render(checks, settings.redis_url_display))
     if any(c.status == "fail" for c in checks):
         return 2
     return 1 if any(c.status == "warn" for c in checks) else 0
+
+
+def _probe_node(client: Redis, settings: Settings) -> str:
+    """The cluster primary that holds the probe keys' slot ("" on a single server)."""
+    if not isinstance(client, RedisCluster):
+        return ""
+    node = client.get_node_from_key(Keyspace.of(settings).probe("x"))
+    return node.name if node is not None else ""
+
+
+async def _node_checks(redis: Redis, settings: Settings, *, probes: bool) -> list[Check]:
+    """The checks of one server (a single one, or one primary of a cluster).
+    ``probes``: also the checks that write probe keys (on the node of their slot)."""
+    checks = await run_checks(redis, settings, fix=False)
+    checks.append(await check_pubsub_buffer(redis))
+    if not probes:
+        return checks
+    checks.append(await check_permissions(redis, settings))
+    if any(c.name == "notifications" and c.status == "ok" for c in checks):
+        checks.append(await asyncio.wait_for(check_event_lag(redis, settings), 30))
+    return checks
 
 
 def render(checks: list[Check], where: str) -> Table:

@@ -54,6 +54,7 @@ STYLES: dict[str, tuple[str, str]] = {
     "refused": ("✗", "yellow"),
     "admin": ("#", "magenta"),
     "ownership": ("⇄", "blue"),
+    "topology": ("~", "blue"),
     "started": ("*", "bold white"),
 }
 

@@ -122,12 +122,12 @@ def _print_next_steps(data_dir: Path) -> None:
 
 async def _preflight(url: str, settings: Settings) -> None:
     """The start-up checks, before uvicorn: a refusal is a clear error, exit 2."""
-    from service.store.checks import ensure_ready
-    from service.store.connections import create_redis
+    from service.store.checks import ensure_primaries_ready
+    from service.store.connections import connect
 
-    redis = create_redis(url)
+    redis = await connect(url, settings.redis_cluster)
     try:
-        await ensure_ready(redis, settings)
+        await ensure_primaries_ready(redis, url, settings)
     finally:
         await redis.aclose()
 

@@ -21,7 +21,8 @@ from redis.exceptions import RedisError
 from service.engine.batcher import Batcher
 from service.engine.delivery import Delivery
 from service.engine.handlers import ConsoleHandler, Handler
-from service.engine.listener import Listener, dedicated_client
+from service.engine.listener import Listener
+from service.engine.listeners import Listeners
 from service.engine.nudger import Nudger
 from service.engine.ownership import Ownership
 from service.engine.sweeper import Sweeper
@@ -29,7 +30,8 @@ from service.logs import emit
 from service.models import AddResult, Message
 from service.settings import Settings
 from service.stats import Stats
-from service.store.checks import Check, check_notifications, ensure_ready
+from service.store.checks import Check, check_notifications, ensure_primaries_ready
+from service.store.connections import is_cluster
 from service.store.keyspace import expired_channel
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,7 @@ class Engine:
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
-        self._listener_client: Redis | None = None
-        self.listener: Listener | None = None
+        self.listeners: Listeners | None = None
         self.ownership = Ownership(self.scripts, self.stopping, self._on_ownership)
         owned = self._owned
         self.sweeper = Sweeper(
@@ -89,23 +90,27 @@ class Engine:
     # --- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:
-        self.checks = await ensure_ready(self.redis, self.settings, log=self.log_checks)
+        self.checks = await ensure_primaries_ready(
+            self.redis, self._url(), self.settings, log=self.log_checks
+        )
         with contextlib.suppress(RedisError, OSError):
             await self.ownership.heartbeat()  # this process's share before any work
-        db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
-        self._listener_client = dedicated_client(self.redis)
-        self.listener = Listener(
-            self._listener_client,
+        db = 0
+        if not is_cluster(self.redis):
+            db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self.listeners = Listeners(
+            self.redis,
+            self._url(),
             expired_channel(db),
             self._on_key,
             self._on_subscribed,
-            ping_ms=self.settings.listener_ping_ms,
-            dead_ms=self.settings.listener_dead_ms,
-            stats=self.stats,
-            stop=self.stopping,
+            self.settings,
+            self.stats,
+            self.stopping,
         )
+        await self.listeners.sync()
         self._tasks = [
-            asyncio.create_task(self.listener.run(), name="batcher-listener"),
+            asyncio.create_task(self.listeners.run(), name="batcher-topology"),
             asyncio.create_task(self.nudger.run(), name="batcher-nudger"),
             asyncio.create_task(self.sweeper.run(), name="batcher-sweeper"),
             asyncio.create_task(self.ownership.run(), name="batcher-ownership"),
@@ -114,6 +119,15 @@ class Engine:
             asyncio.create_task(self._worker(), name=f"batcher-worker-{i}")
             for i in range(self.settings.concurrency)
         ]
+
+    def _url(self) -> str:
+        url = self.settings.redis_url
+        return url.get_secret_value() if url is not None else "redis://127.0.0.1:6379"
+
+    @property
+    def listener(self) -> Listener | None:
+        """The (first) expired-event listener: the only one on a single server."""
+        return self.listeners.first if self.listeners is not None else None
 
     async def stop(self) -> None:
         """Stop taking work, let running handlers finish (up to the timeout),
@@ -126,8 +140,8 @@ class Engine:
         await asyncio.gather(*self._tasks, *self._workers, return_exceptions=True)
         if self._tasks:
             await self.ownership.leave()
-        if self._listener_client is not None:
-            await self._listener_client.aclose()
+        if self.listeners is not None:
+            await self.listeners.close()
         self._tasks, self._workers = [], []
 
     async def __aenter__(self) -> Engine:
@@ -143,13 +157,16 @@ class Engine:
         await self.stop()
 
     def healthy(self) -> bool:
-        return self.listener is not None and self.listener.healthy()
+        return self.listeners is not None and self.listeners.healthy()
 
     def stopped_loops(self) -> list[str]:
         """Background tasks that ended while the engine runs (should be none)."""
         if self.stopping.is_set():
             return []
-        return [t.get_name() for t in self._tasks + self._workers if t.done()]
+        tasks = self._tasks + self._workers
+        if self.listeners is not None:
+            tasks += [n.task for n in self.listeners.nodes.values()]
+        return [t.get_name() for t in tasks if t.done()]
 
     # --- work ---------------------------------------------------------------
 
@@ -181,11 +198,12 @@ class Engine:
             if self.ownership.owns(self.keys.bucket_of(chat_id)):
                 self.submit_claim(chat_id)
 
-    async def _on_subscribed(self) -> None:
-        """After every (re)subscribe: events may have been lost, and a
-        restarted server may have lost a CONFIG SET. Re-check, then sweep."""
+    async def _on_subscribed(self, node: Redis) -> None:
+        """After every (re)subscribe to a primary: events may have been lost,
+        and a restarted (or newly promoted) server may lack the CONFIG SET.
+        Re-check that node, then sweep."""
         with contextlib.suppress(RedisError, OSError):
-            check = await check_notifications(self.redis, enable=self.settings.configure_redis)
+            check = await check_notifications(node, enable=self.settings.configure_redis)
             if check.status != "ok":
                 emit(
                     log,

@@ -8,7 +8,7 @@ the ``redis.conf`` line that fixes it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from redis.asyncio import Redis
@@ -17,6 +17,7 @@ from redis.exceptions import RedisError, ResponseError
 from service.errors import ServerConfigError
 from service.logs import emit
 from service.settings import Settings
+from service.store.connections import create_redis, is_cluster, primary_urls
 
 logger = logging.getLogger(__name__)
 
@@ -147,16 +148,22 @@ async def run_checks(redis: Redis, settings: Settings, *, fix: bool) -> list[Che
     ]
 
 
-async def ensure_ready(redis: Redis, settings: Settings, *, log: bool = True) -> list[Check]:
+async def ensure_ready(
+    redis: Redis, settings: Settings, *, log: bool = True, node: str = ""
+) -> list[Check]:
     """Start-up checks: enable notifications if allowed, refuse what loses batches.
-    ``log``: a line per check (off when a caller has just logged them)."""
+    ``log``: a line per check (off when a caller has just logged them). ``node``
+    names the server in each check (a cluster's primaries are checked one by one)."""
+    where = f"{node}: " if node else ""
     try:
         checks = await run_checks(redis, settings, fix=True)
     except RedisError as exc:
         raise ServerConfigError(
-            f"cannot reach Redis at {settings.redis_url_display}: {exc}",
+            f"cannot reach Redis at {node or settings.redis_url_display}: {exc}",
             "start Redis or set BATCHER_REDIS_URL",
         ) from exc
+    if node:
+        checks = [replace(c, detail=where + c.detail) for c in checks]
     for c in checks if log else ():
         level = {"ok": logging.INFO, "warn": logging.WARNING, "fail": logging.ERROR}[c.status]
         emit(
@@ -171,4 +178,21 @@ async def ensure_ready(redis: Redis, settings: Settings, *, log: bool = True) ->
     for c in checks:
         if c.status == "fail":
             raise ServerConfigError(c.detail, f"add `{c.fix}` to redis.conf" if c.fix else "")
+    return checks
+
+
+async def ensure_primaries_ready(
+    redis: Redis, url: str, settings: Settings, *, log: bool = True
+) -> list[Check]:
+    """``ensure_ready`` on a single server, or on every primary of a cluster
+    (each check naming its node)."""
+    if not is_cluster(redis):
+        return await ensure_ready(redis, settings, log=log)
+    checks: list[Check] = []
+    for name, node_url in (await primary_urls(redis, url)).items():
+        node = create_redis(node_url)
+        try:
+            checks += await ensure_ready(node, settings, log=log, node=name)
+        finally:
+            await node.aclose()
     return checks

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 try:
     from hiredis import pack_command as _hiredis_pack
@@ -84,3 +89,62 @@ def create_redis(url: str, **overrides: Any) -> Redis:
     pool = client.connection_pool
     pool.connection_class = _hardened(pool.connection_class)
     return client
+
+
+# MOVED and ASK are followed at once; TRYAGAIN, CLUSTERDOWN and a lost node
+# are retried with this backoff (about 3 s in all, through a failover), after
+# which the caller sees the error (a webhook answers 503).
+CLUSTER_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6)
+
+
+async def connect(url: str, cluster: str = "auto") -> Redis:
+    """A client for ``url``: a cluster client when the server is a Redis
+    Cluster node (``cluster="auto"`` asks it) or when ``cluster="true"``.
+
+    The cluster client is typed as ``Redis``: it takes the same commands and
+    pipelines, routed by key slot; code that needs a node of its own (the
+    listeners, the checks) asks ``is_cluster`` and ``primary_urls``.
+    """
+    if cluster == "false":
+        return create_redis(url)
+    if cluster == "auto":
+        probe = create_redis(url)
+        try:
+            info = await probe.info("cluster")
+        except RedisError:
+            info = {}  # INFO refused (ACL): take it for a single server
+        finally:
+            await probe.aclose()
+        if not info.get("cluster_enabled"):
+            return create_redis(url)
+    client = RedisCluster.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_keepalive=True,
+        retry=CLUSTER_RETRY,
+    )
+    await client.initialize()
+    return cast(Redis, client)
+
+
+def is_cluster(redis: Redis) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """``url`` (scheme, user, password, options) pointed at another node."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+async def primary_urls(redis: Redis, url: str, *, refresh: bool = False) -> dict[str, str]:
+    """Node name ("host:port") -> URL of every primary; one entry for a single server."""
+    if not isinstance(redis, RedisCluster):
+        parts = urlsplit(url)
+        return {f"{parts.hostname}:{parts.port or 6379}": url}
+    if refresh:
+        await redis.nodes_manager.initialize()
+    return {n.name: node_url(url, n.host, int(n.port)) for n in redis.get_primaries()}

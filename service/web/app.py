@@ -16,7 +16,7 @@ from service.engine.engine import Engine
 from service.engine.forward import HttpForwarder
 from service.engine.handlers import ConsoleHandler, Handler, load_handler
 from service.settings import Settings
-from service.store.connections import create_redis
+from service.store.connections import connect
 from service.web import admin, generic, ops, whatsapp
 from service.web.state import AppState
 
@@ -50,7 +50,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.redis_url is not None
-        redis = create_redis(settings.redis_url.get_secret_value())
+        redis = await connect(settings.redis_url.get_secret_value(), settings.redis_cluster)
         forwarder = None
         chosen = handler
         if chosen is None:

@@ -29,21 +29,33 @@ async def readyz(request: Request) -> Response:
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             await engine.redis.ping()
-            check = await check_notifications(engine.redis, enable=False)
-            if check.status == "fail":
-                reasons.append(f"notifications: {check.detail}")
+            nodes = engine.listeners.nodes if engine.listeners is not None else {}
+            # every primary's own setting (a cluster's are checked one by one)
+            targets = {name: n.commands for name, n in nodes.items()} or {"": engine.redis}
+            for node, client in targets.items():
+                check = await check_notifications(client, enable=False)
+                if check.status == "fail":
+                    where = f" ({node})" if len(targets) > 1 else ""
+                    reasons.append(f"notifications{where}: {check.detail}")
     except (RedisError, OSError, TimeoutError) as exc:
         reasons.append(f"redis unreachable: {type(exc).__name__} {exc}".strip())
-    if engine.listener is None or not engine.listener.subscribed:
+    listeners = engine.listeners.states() if engine.listeners is not None else {}
+    if not listeners:
         reasons.append("listener not subscribed")
-    elif not engine.healthy():
+    for node, subscribed in listeners.items():
+        where = f" ({node})" if len(listeners) > 1 else ""
+        if not subscribed:
+            reasons.append(f"listener not subscribed{where}")
+    if listeners and all(listeners.values()) and not engine.healthy():
         reasons.append("listener silent beyond its liveness bound")
     if engine.stopping.is_set():
         reasons.append("shutting down")
     reasons.extend(f"background loop stopped: {name}" for name in engine.stopped_loops())
     if reasons:
-        return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
-    return JSONResponse({"ready": True})
+        return JSONResponse(
+            {"ready": False, "reasons": reasons, "listeners": listeners}, status_code=503
+        )
+    return JSONResponse({"ready": True, "listeners": listeners})
 
 
 class Gauges:

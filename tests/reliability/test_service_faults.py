@@ -72,15 +72,13 @@ def test_connection_resets_leave_every_background_loop_running(
         engine = Engine(create_redis(proxy.url), settings(proxy.url), nothing)
         await engine.start()
         try:
-            names = ["listener", "nudger", "sweeper"]
             for i in range(100):
                 proxy.cut(rst=True)
                 await asyncio.sleep(0.005 + (i % 5) * 0.004)
-            return [
-                f"{name}: {task.exception()!r}"
-                for name, task in zip(names, engine._tasks, strict=True)
-                if task.done()
-            ]
+            assert engine.listeners is not None
+            tasks = [*engine._tasks, *(n.task for n in engine.listeners.nodes.values())]
+            assert len(tasks) == 5  # topology, nudger, sweeper, ownership; one listener
+            return [f"{task.get_name()}: {task.exception()!r}" for task in tasks if task.done()]
         finally:
             await engine.stop()
             await proxy.stop()

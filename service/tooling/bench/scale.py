@@ -2,8 +2,9 @@
 
 Each process (``python -m service.tooling.bench.worker``) runs an Engine: listener,
 nudger, sweeper, workers, and a handler that acks at once. Every process
-hears every expired event and runs the claim script for it; exactly one
-wins. Two phases per process count, on a freshly emptied database:
+hears every expired event, but only the owner of the chat's bucket runs the
+claim script for it (and each bucket is nudged and swept by its owner
+only). Two phases per process count, on a freshly emptied database:
 
 - **steady**: ``rate`` batches a second for ``seconds`` (one message each):
   flush lag at a load every configuration can carry;
@@ -12,7 +13,8 @@ wins. Two phases per process count, on a freshly emptied database:
   deadline), the fleet's throughput.
 
 The fan-out cost: events heard (all processes) against batches claimed, the
-lost claim attempts, and script calls per batch (``INFO commandstats``).
+claim attempts that found nothing to take, and script calls per batch
+(``INFO commandstats``).
 The single process is the baseline of every other row.
 """
 
@@ -74,7 +76,7 @@ class ScaleResult:
     max_ms: float
     events: int  # expired events heard, all processes together
     claimed: int
-    lost_claims: int  # claim attempts on an event that another process won
+    lost_claims: int  # claim attempts that found nothing to take (taken elsewhere, not idle)
     swept: int  # claimed by a sweeper (overdue by more than its grace period)
     scripts_per_batch: float
     redis_cpu_pct: float
@@ -185,7 +187,7 @@ async def phase(
         max_ms=round(ordered[-1], 1) if ordered else float("nan"),
         events=events,
         claimed=claimed,
-        lost_claims=max(0, events - (claimed - recovered)),
+        lost_claims=delta("claims_skipped"),
         swept=recovered,
         scripts_per_batch=round(scripts / n, 2),
         redis_cpu_pct=round(cpu, 1),
@@ -249,8 +251,9 @@ def print_scale(results: list[ScaleResult], console: Console) -> None:
     console.print(table("scale: service processes on one Redis", cols, rows))
     note(
         console,
-        "Every process hears every event and tries the claim; one wins, the others get "
-        "'taken' (lost claims). swept = claimed by a sweeper because the event path was more "
+        "Every process hears every event; the owner of the chat's bucket runs the claim. "
+        "lost claims = claims that found nothing to take (another process took the batch, "
+        "or a message arrived since). swept = claimed by a sweeper because the event path was more "
         "than the grace period (1 s) behind. batches/s = delivered / (last handler start - "
         "first deadline). scripts/batch counts every script call (append, nudge, claim, ack) "
         "per batch.",

@@ -102,6 +102,7 @@ async def serve(url: str, overrides: dict[str, Any], hang_marker: str | None) ->
                 "pid": os.getpid(),
                 "events": s.events,
                 "claimed": s.claimed,
+                "claims_skipped": s.claims_skipped,
                 "delivered": s.delivered,
                 "recovered": s.recovered,
                 "nudged": s.nudged,
