@@ -19,7 +19,8 @@ from service.logs import emit
 from service.models import AddResult, Message, message_prefix
 from service.settings import Settings
 from service.store.keyspace import Keyspace, seen_member
-from service.store.scripts import Call, Scripts
+from service.store.runner import Call
+from service.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from service.store.scripts import Call, Scripts
+from service.store.runner import Call
+from service.store.scripts import Scripts
 
 # A tick's calls go out in pipelines of at most this many (a caller's own
 # calls are never split). Under load that keeps two or more pipelines in

@@ -29,7 +29,8 @@ from service.models import Batch, channel_of, order_messages
 from service.settings import Settings
 from service.stats import Stats
 from service.store.keyspace import ChatKeys
-from service.store.scripts import Call, Claimed, ClaimOutcome, Nacked, Scripts, Skipped
+from service.store.runner import Call
+from service.store.scripts import Claimed, ClaimOutcome, Nacked, Scripts, Skipped
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

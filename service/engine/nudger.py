@@ -18,7 +18,8 @@ from redis.exceptions import RedisError
 
 from service.engine.loops import sleep_or_stop
 from service.stats import Stats
-from service.store.scripts import Call, Scripts
+from service.store.runner import Call
+from service.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from service.models import Message, order_messages
 from service.settings import Settings
 from service.store.deadletters import DeadBatch, dead_of_chat
 from service.store.keyspace import ChatKeys, Keyspace
-from service.store.scripts import Arg, Script, run_script
+from service.store.runner import Arg, Script, run_script
 
 FLUSH = Script.load("flush")
 HOLD = Script.load("hold")

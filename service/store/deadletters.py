@@ -36,7 +36,8 @@ from redis.asyncio import Redis
 from service.errors import BatcherError
 from service.models import Message, order_messages
 from service.store.keyspace import BucketKeys, Keyspace
-from service.store.scripts import Call, Replayed, Scripts, run_script, run_scripts
+from service.store.runner import Call, run_script, run_scripts
+from service.store.scripts import Replayed, Scripts
 
 PAGE = 1000  # ids per ZSCAN step and per drop transaction
 BATCHES = 100  # dead batches per replay script call, and calls per round trip

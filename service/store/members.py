@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.store.keyspace import Keyspace
-from service.store.scripts import Call, Script
+from service.store.runner import Call, Script
 
 MEMBERS = Script.load("members")
 

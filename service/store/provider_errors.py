@@ -14,7 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service.store.keyspace import Keyspace
-from service.store.scripts import Call, Script
+from service.store.runner import Call, Script
 
 REPORT = Script.load("report")
 RECENT = 20  # errors kept for `batcher watch`

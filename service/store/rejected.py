@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service.store.keyspace import Keyspace
-from service.store.scripts import Call, Script
+from service.store.runner import Call, Script
 
 REJECT = Script.load("reject")
 

@@ -3,39 +3,21 @@
 Every state change of the service is one of these scripts: each runs
 atomically, takes every key it touches in KEYS (all in one bucket, so one
 hash slot) and reads the clock with ``TIME`` so that all replicas share one
-clock. Scripts run with EVALSHA; when the server has lost its script cache
-(restart, failover, SCRIPT FLUSH) the script is loaded again and only the
-calls that did not run are repeated.
+clock. ``service.store.runner`` runs them (EVALSHA, reloading a lost script
+cache, WAIT for replicas).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
 
 from service.settings import Settings
 from service.store.keyspace import BucketKeys, ChatKeys, Keyspace
-
-Arg = bytes | str | int | float
-
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    name: str
-    source: str
-    sha: str
-
-    @classmethod
-    def load(cls, name: str) -> Script:
-        source = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text("utf-8")
-        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
-
+from service.store.runner import Call, Script, run_script, run_scripts
 
 APPEND = Script.load("append")
 CLAIM = Script.load("claim")
@@ -45,73 +27,6 @@ LEASE = Script.load("lease")
 REDELIVER = Script.load("redeliver")
 NUDGE = Script.load("nudge")
 SCAN = Script.load("scan")
-
-Call = tuple[Script, Sequence[bytes], Sequence[Arg]]
-
-
-async def run_script(
-    redis: Redis, script: Script, keys: Sequence[bytes], args: Sequence[Arg]
-) -> Any:
-    try:
-        return await redis.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        # EVAL with the source cannot meet NOSCRIPT (a SCRIPT FLUSH may land
-        # between a SCRIPT LOAD and a retried EVALSHA) and caches the script.
-        return await redis.eval(script.source, len(keys), *keys, *args)
-
-
-class NotReplicated(RedisError):
-    """WAIT: fewer replicas than required acknowledged the writes in time."""
-
-
-async def run_scripts(
-    redis: Redis, calls: Sequence[Call], *, replicas: int = 0, wait_ms: int = 0
-) -> list[Any]:
-    """Run many script calls in one round trip (not atomic as a whole).
-
-    Errors come back in place as exception objects. Calls refused with
-    NOSCRIPT did not run: just those are sent again, as EVAL with the source.
-    With ``replicas``, each pipeline ends with ``WAIT replicas wait_ms`` on
-    its own connection, and ``NotReplicated`` is raised when too few replicas
-    acknowledged the writes.
-    """
-    if not calls:
-        return []
-    results = await _pipeline(redis, calls, with_source=False, replicas=replicas, wait_ms=wait_ms)
-    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-    if missing:
-        again = await _pipeline(
-            redis,
-            [calls[i] for i in missing],
-            with_source=True,
-            replicas=replicas,
-            wait_ms=wait_ms,
-        )
-        for i, r in zip(missing, again, strict=True):
-            results[i] = r
-    return results
-
-
-async def _pipeline(
-    redis: Redis, calls: Sequence[Call], *, with_source: bool, replicas: int, wait_ms: int
-) -> list[Any]:
-    pipe = redis.pipeline(transaction=False)
-    for script, keys, args in calls:
-        if with_source:
-            pipe.eval(script.source, len(keys), *keys, *args)
-        else:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-    if replicas:
-        pipe.execute_command("WAIT", replicas, wait_ms)
-    results = list(await pipe.execute(raise_on_error=False))
-    if replicas:
-        acked = results.pop()
-        if isinstance(acked, Exception) or int(acked) < replicas:
-            raise NotReplicated(
-                f"only {acked} of {replicas} replica(s) acknowledged within {wait_ms} ms"
-            )
-    return results
-
 
 # --- typed results ---------------------------------------------------------
 

@@ -21,7 +21,7 @@ from service.models import AddResult
 from service.providers.parsed import ParsedWebhook, Rejected
 from service.store.provider_errors import ProviderErrors
 from service.store.rejected import RejectedStore, entry_id
-from service.store.scripts import Call
+from service.store.runner import Call
 from service.web.state import AppState
 
 log = logging.getLogger(__name__)

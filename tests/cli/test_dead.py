@@ -31,7 +31,8 @@ from service.settings import Settings
 from service.store.connections import create_redis
 from service.store.embedded import free_port
 from service.store.keyspace import Keyspace
-from service.store.scripts import Replayed, Scripts, run_script
+from service.store.runner import run_script
+from service.store.scripts import Replayed, Scripts
 from tests.helpers import Collector, fast_settings, running_engine, wait_until
 
 KS = Keyspace()  # the keyspace of fast_settings(): prefix "batcher", 16 buckets

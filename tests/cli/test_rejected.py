@@ -15,7 +15,7 @@ from service.settings import Settings
 from service.store.keyspace import Keyspace
 from service.store.provider_errors import ProviderErrors
 from service.store.rejected import RejectedStore, entry_id
-from service.store.scripts import run_scripts
+from service.store.runner import run_scripts
 
 KS = Keyspace()
 RAW = {"id": "wamid.R1", "type": "text", "text": {"body": "[bold]not markup[/] \x1b[31m"}}

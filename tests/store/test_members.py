@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from service.store.keyspace import Keyspace
 from service.store.members import Members, owned_buckets
-from service.store.scripts import run_script
+from service.store.runner import run_script
 
 KS = Keyspace()
 

@@ -7,7 +7,7 @@ from redis.asyncio import Redis
 from service.store.keyspace import Keyspace
 from service.store.provider_errors import RECENT, ProviderErrors
 from service.store.rejected import RejectedStore, entry_id
-from service.store.scripts import run_scripts
+from service.store.runner import run_scripts
 
 KS = Keyspace()
 RAW = {"id": "wamid.X", "type": "text", "text": {"body": "no sender"}}

@@ -36,7 +36,8 @@ from service.models import Message
 from service.settings import Settings
 from service.store.connections import create_redis
 from service.store.keyspace import Keyspace, seen_member
-from service.store.scripts import APPEND, Call, Scripts
+from service.store.runner import Call
+from service.store.scripts import APPEND, Scripts
 from service.tooling.bench.common import (
     bench_server,
     bench_settings,
