@@ -253,3 +253,20 @@ def redis_factory(
     yield make
     for server in servers:
         server.stop(kill=True)  # the data is thrown away: no need for a clean shutdown
+
+
+# ---- a local Redis Cluster -------------------------------------------------------------
+from service.tooling.cluster import LocalCluster  # noqa: E402  (appended after the fixtures)
+
+
+@pytest.fixture
+def redis_cluster(redis_binary: Path | DockerImage, tmp_path: Path) -> Iterator[LocalCluster]:
+    """A fresh 3-primary + 3-replica Redis Cluster on loopback ports, killed afterwards."""
+    if isinstance(redis_binary, DockerImage):
+        pytest.skip("no local server binary for a cluster")
+    cluster = LocalCluster(redis_binary, tmp_path / "cluster", primaries=3, replicas_per_primary=1)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

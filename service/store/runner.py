@@ -90,10 +90,12 @@ async def _pipeline(
 ) -> list[Any]:
     pipe = redis.pipeline(transaction=False)
     for script, keys, args in calls:
+        # execute_command: a cluster pipeline refuses pipe.eval()/evalsha() but
+        # routes the command itself by its keys' slot.
         if with_source:
-            pipe.eval(script.source, len(keys), *keys, *args)
+            pipe.execute_command("EVAL", script.source, len(keys), *keys, *args)
         else:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     if replicas:
         pipe.execute_command("WAIT", replicas, wait_ms)
     results = list(await pipe.execute(raise_on_error=False))
