@@ -44,6 +44,30 @@ def test_service_waits_for_a_healthy_redis(compose: dict[str, Any]) -> None:
     assert "container_name" not in svc
 
 
+def test_cluster_profile_six_nodes_an_init_and_two_service_replicas(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    cluster = {name: svc for name, svc in services.items() if "cluster" in svc.get("profiles", ())}
+    nodes = [svc for name, svc in cluster.items() if name.startswith("redis-node-")]
+    assert len(nodes) == 6
+    for node in nodes:  # the repo's redis.conf, cluster mode on, a volume of its own
+        assert any(m.startswith("./redis.conf:") for m in node["volumes"])
+        assert "--cluster-enabled" in node["command"] and "healthcheck" in node
+        named = [m.split(":")[0] for m in node["volumes"] if not m.startswith(".")]
+        assert named and all(n in compose["volumes"] for n in named)
+    init = cluster["redis-cluster-init"]
+    assert set(init["depends_on"]) == {f"redis-node-{n}" for n in range(1, 7)}
+    assert "--cluster create" in init["command"][0] and "--cluster-replicas 1" in init["command"][0]
+    svc = cluster["batcher-cluster"]
+    assert svc["deploy"]["replicas"] == 2 and svc["build"] == "."
+    assert svc["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+    assert svc["environment"]["BATCHER_REDIS_URL"].startswith("redis://redis-node-")
+    assert re.search(r"\d+-\d+:8000", svc["ports"][0])
+    # the default services stay outside the profile
+    assert "profiles" not in services["redis"] and "profiles" not in services["batcher"]
+
+
 def test_dockerfile_is_multi_stage_uv_and_non_root() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert len(re.findall(r"^FROM ", text, re.M)) >= 2

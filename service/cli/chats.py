@@ -23,7 +23,7 @@ from service.cli.console import clean, duration, plural
 from service.cli.setup import EXIT_FAILED, EXIT_FOUND, EXIT_OK, add_redis_url, url_of, with_settings
 from service.settings import Settings
 from service.store.chats import Chats, ChatState
-from service.store.connections import create_redis
+from service.store.connections import connect
 
 ACTIONS = {
     "flush": "close the chat's open batch now and deliver it (reason manual)",
@@ -50,7 +50,7 @@ def _with_chats(settings: Settings, command: str, work: Callable[[Chats], Awaita
     url = url_of(settings, command)
 
     async def run() -> int:
-        redis = create_redis(url)
+        redis = await connect(url, settings.redis_cluster)
         try:
             return await work(Chats(redis, settings))
         except (RedisError, OSError) as exc:

@@ -24,7 +24,7 @@ from service.cli.console import clean, duration
 from service.cli.setup import add_redis_url, url_of, with_settings
 from service.models import Message
 from service.settings import Settings
-from service.store.connections import create_redis
+from service.store.connections import connect
 from service.store.deadletters import (
     DeadBatch,
     count_dead,
@@ -68,7 +68,7 @@ def run_dead(args: argparse.Namespace, settings: Settings, console: Console | No
     url, out = url_of(settings, "dead"), console or Console()
 
     async def run() -> int:
-        redis = create_redis(url)
+        redis = await connect(url, settings.redis_cluster)
         try:
             return await _command(redis, Keyspace.of(settings), args, out)
         except (RedisError, OSError) as exc:

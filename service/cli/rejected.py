@@ -20,7 +20,7 @@ from rich.table import Table
 from service.cli.console import clean, duration
 from service.cli.setup import add_redis_url, url_of, with_settings
 from service.settings import Settings
-from service.store.connections import create_redis
+from service.store.connections import connect
 from service.store.deadletters import server_time_ms
 from service.store.keyspace import Keyspace
 from service.store.rejected import RejectedEntry, RejectedStore
@@ -52,7 +52,7 @@ def run_rejected(
     url, out = url_of(settings, "rejected"), console or Console()
 
     async def run() -> int:
-        redis = create_redis(url)
+        redis = await connect(url, settings.redis_cluster)
         try:
             return await _command(RejectedStore(redis, Keyspace.of(settings)), args, out)
         except (RedisError, OSError) as exc:

@@ -27,7 +27,7 @@ from rich.text import Text
 from service.cli.console import duration, shorten
 from service.cli.setup import add_redis_url, url_of, with_settings
 from service.settings import Settings
-from service.store.connections import create_redis
+from service.store.connections import connect
 from service.store.keyspace import Keyspace
 from service.store.snapshot import RATE_S, TOP, Snapshot, snapshot
 
@@ -192,7 +192,7 @@ async def watch(
     interval_s: float = REFRESH_S,
 ) -> int:  # fmt: skip
     """Frames until SIGINT/SIGTERM (exit 0), or one frame with ``once`` (2 if unreadable)."""
-    redis = create_redis(url)
+    redis = await connect(url, settings.redis_cluster)
     keyspace = Keyspace.of(settings)
     stop, loop, installed = asyncio.Event(), asyncio.get_running_loop(), []
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -83,13 +83,13 @@ class Chats:
 
     async def read(self, chat_id: str) -> ChatState:
         ck = self.keys.chat(chat_id)
+        secs, micros = await self.redis.time()  # apart: a cluster pipeline takes keyed commands
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
         pipe.lrange(ck.buf, 0, -1)
         pipe.hmget(ck.meta, ["opened", "last", "seq", "held", "manual", *FLIGHT])
         pipe.zscore(ck.bucket.due, chat_id)
         pipe.zscore(ck.bucket.inflight, chat_id)
-        (secs, micros), items, meta, due, lease = await pipe.execute()
+        items, meta, due, lease = await pipe.execute()
         now_ms = int(secs) * 1000 + int(micros) // 1000
         opened, last, seq, held, manual = meta[:5]
         flight = dict(zip(FLIGHT, meta[5:], strict=True))

@@ -6,10 +6,13 @@ whatever the number of chats.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from service.settings import Settings
 from service.store.keyspace import BucketKeys, Keyspace
@@ -73,6 +76,18 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(float(value))
 
 
+async def _expired_keys(redis: Redis) -> int | None:
+    """INFO's expired_keys, summed over a cluster's primaries; None when INFO
+    is refused (an ACL may): the closing rate is then unknown."""
+    try:
+        if isinstance(redis, RedisCluster):
+            infos = await redis.info("stats", target_nodes=RedisCluster.PRIMARIES)
+            return sum(int(i.get("expired_keys", 0)) for i in infos.values())
+        return _int((await redis.info("stats")).get("expired_keys"))
+    except ResponseError:
+        return None
+
+
 async def snapshot(
     redis: Redis, keyspace: Keyspace, settings: Settings, previous: Snapshot | None = None,
     *, top: int = TOP,
@@ -82,9 +97,8 @@ async def snapshot(
     the first ``top`` of each overall.
     ``redis`` must answer bytes, as clients from ``create_redis`` do."""
     buckets = keyspace.all_buckets()
+    clock, expired = await asyncio.gather(redis.time(), _expired_keys(redis))
     pipe = redis.pipeline(transaction=False)
-    pipe.time()
-    pipe.info("stats")
     pipe.hlen(keyspace.rejected)
     pipe.hgetall(keyspace.provider_errors)
     pipe.lindex(keyspace.provider_errors_recent, 0)
@@ -95,12 +109,11 @@ async def snapshot(
         pipe.zrange(bk.inflight, 0, top - 1, withscores=True)
         pipe.zrevrange(bk.dead, 0, top - 1, withscores=True)
     first = await pipe.execute(raise_on_error=False)
-    if errors := [e for i, e in enumerate(first) if isinstance(e, Exception) and i != 1]:
-        raise errors[0]  # but INFO (index 1) may be refused by an ACL: it is optional
-    now_ms = int(first[0][0]) * 1000 + int(first[0][1]) // 1000
-    expired = _int(first[1].get("expired_keys")) if isinstance(first[1], dict) else None
-    rejected, perrors, last_error = first[2:5]
-    first = first[:2] + first[5:]
+    if errors := [e for e in first if isinstance(e, Exception)]:
+        raise errors[0]
+    now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
+    rejected, perrors, last_error = first[:3]
+    first = [None, None, *first[3:]]  # the per-bucket replies start at index 2
 
     totals = [0, 0, 0]
     due: list[tuple[float, bytes, BucketKeys]] = []  # (score, chat id, its bucket)

@@ -179,3 +179,45 @@ async def test_a_bucket_slot_moved_to_another_primary(redis_cluster: LocalCluste
         await wait_until(lambda: all_delivered(bot, sent), timeout_s=20)
     assert set(bot.delivered().values()) == {1}
     bot.assert_in_order(sent)
+
+
+async def test_a_new_primary_takes_bucket_slots(redis_cluster: LocalCluster) -> None:
+    """A fourth primary joins, bucket slots move to it: its listener starts,
+    the batches whose keys moved are delivered from there."""
+    bot = Bot()
+    sent: dict[str, list[str]] = {}
+    async with engines(redis_cluster, bot, idle_ms=600) as running:
+        await wait_until(lambda: all(len(e.listeners.states()) == 3 for e in running))
+        await send(running, sent, 32, 0)
+        fourth = await asyncio.to_thread(redis_cluster.add_primary)
+        client = running[0].redis
+        for bucket in (0, 5):  # bucket 0 also holds the process registry
+            slot = client.keyslot(KS.bucket(bucket).due)  # type: ignore[attr-defined]
+            await asyncio.to_thread(redis_cluster.move_slot, slot, fourth)
+        name = f"127.0.0.1:{fourth.port}"
+        for e in running:
+            await wait_until(lambda e=e: e.listeners.states().get(name) is True, timeout_s=10)
+        await send(running, sent, 32, 1)
+        await wait_until(lambda: all_delivered(bot, sent), timeout_s=20)
+    assert set(bot.delivered().values()) == {1}
+    bot.assert_in_order(sent)
+
+
+async def test_a_process_killed_while_owning_buckets(redis_cluster: LocalCluster) -> None:
+    bot = Bot()
+    sent: dict[str, list[str]] = {}
+    async with engines(redis_cluster, bot, n=3) as running:
+        await wait_until(lambda: all(len(e.ownership.owned) < KS.buckets for e in running))
+        victim, survivors = running[0], running[1:]
+        for task in victim._tasks:  # a crash: no more heartbeats, no goodbye
+            task.cancel()
+        await asyncio.gather(*victim._tasks, return_exceptions=True)
+        victim._tasks = []
+        await send(survivors, sent, 48, 0)
+        lease_s = victim.settings.owner_lease_ms / 1000
+        await wait_until(
+            lambda: sum(len(e.ownership.owned) for e in survivors) == KS.buckets, lease_s * 3
+        )
+        await wait_until(lambda: all_delivered(bot, sent), timeout_s=20)
+    assert set(bot.delivered().values()) == {1}
+    bot.assert_in_order(sent)
