@@ -159,6 +159,19 @@ async def test_scale_every_process_hears_every_event_one_claims(redis_url: str) 
     assert two["scripts_per_batch"] <= 1.3 * one["scripts_per_batch"]
 
 
+async def test_scale_on_a_local_cluster(redis_binary: object) -> None:
+    """``bench scale --cluster``: the same rows, Redis CPU per primary."""
+    opts = ScaleOptions(procs=(1, 2), burst=600, rate=300, seconds=1.0, cluster=True)
+    rows = await run_scale(opts, None, console())
+    assert [(r["procs"], r["phase"]) for r in rows] == [
+        (1, "steady 300/s"), (1, "burst"), (2, "steady 300/s"), (2, "burst"),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["delivered"] == r["batches"] and len(r["redis_cpu_pct_by_primary"]) == 3
+        assert r["scripts_per_batch"] > 0 and r["batches_per_s"] > 0
+    assert rows[2]["lost_claims"] <= 0.05 * rows[2]["batches"]
+
+
 def test_http_builtin_client() -> None:
     out = console()
     results = run_http(1, 8, out, client="builtin")

@@ -270,7 +270,8 @@ def wa_message(draw: st.DrawFn, local: int, phone_id: str) -> tuple[dict[str, An
     elif kind == "location":
         latitude = draw(st.floats(-90, 90))
         msg["location"] = {"latitude": latitude, "longitude": 1.5}
-        shown = f"{latitude:g},{1.5:g}"
+        # every digit kept: the shortest form that reads back as the same float
+        shown = f"{int(latitude) if latitude.is_integer() else repr(latitude)},1.5"
     elif kind == "audio":
         msg["audio"] = {"id": "4000000000000004"}
         shown = None

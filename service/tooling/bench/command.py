@@ -59,6 +59,11 @@ def register(sub: Any) -> None:
     lag.add_argument(
         "--naive-ttl-ms", type=int, help="naive data TTL (default: 60 s, or idle + 50 s)"
     )
+    lag.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run the service on a local 3-primary Redis Cluster (variant service-cluster)",
+    )
 
     ingest = scenarios.add_parser(
         "ingest", help="messages/s through Batcher.add vs redis-benchmark on the append script"
@@ -98,6 +103,9 @@ def register(sub: Any) -> None:
     scale.add_argument("--burst", type=int, default=20_000, help="batches due at once")
     scale.add_argument("--rate", type=int, default=1_000, help="steady batches per second")
     scale.add_argument("--seconds", type=float, default=5.0, help="steady phase length")
+    scale.add_argument(
+        "--cluster", action="store_true", help="a local Redis Cluster of 3 primaries"
+    )
 
     for p in (lag, ingest, http, memory, idle, scale):
         p.add_argument("--json", dest="json_path", help="write the figures here")
@@ -140,6 +148,7 @@ def _run_scenario(args: argparse.Namespace) -> None:
             effort=args.effort,
             volatile=args.volatile,
             naive_ttl_ms=args.naive_ttl_ms,
+            cluster=args.cluster,
         )
         lag_main(opts, args.redis_url, args.json_path)
     elif args.scenario == "ingest":
@@ -172,7 +181,13 @@ def _run_scenario(args: argparse.Namespace) -> None:
         from service.tooling.bench.scale import ScaleOptions, scale_main
 
         scale_main(
-            ScaleOptions(procs=args.procs, burst=args.burst, rate=args.rate, seconds=args.seconds),
+            ScaleOptions(
+                procs=args.procs,
+                burst=args.burst,
+                rate=args.rate,
+                seconds=args.seconds,
+                cluster=args.cluster,
+            ),
             args.redis_url,
             args.json_path,
         )

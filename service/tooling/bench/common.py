@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 from rich.table import Table
 
@@ -31,8 +32,9 @@ from service.engine.engine import Engine
 from service.engine.handlers import Handler
 from service.settings import Settings
 from service.stats import percentile
-from service.store.connections import create_redis
-from service.store.embedded import RedisServer
+from service.store.connections import connect
+from service.store.embedded import RedisServer, find_server_binary
+from service.tooling.cluster import LocalCluster
 
 T = TypeVar("T")
 
@@ -118,16 +120,23 @@ def lag_result(
 
 
 @contextlib.contextmanager
-def bench_server(redis_url: str | None) -> Iterator[str]:
-    """``redis_url``, or a fresh server with the repo's redis.conf for the run."""
+def bench_server(redis_url: str | None, *, cluster: bool = False) -> Iterator[str]:
+    """``redis_url``, or a fresh server with the repo's redis.conf for the run
+    (``cluster``: a local Redis Cluster of three primaries, no replicas)."""
     if redis_url:
         yield redis_url
         return
-    with (
-        tempfile.TemporaryDirectory(prefix="batcher-bench-") as tmp,
-        RedisServer(data_dir=Path(tmp)) as server,
-    ):
-        yield server.url
+    with tempfile.TemporaryDirectory(prefix="batcher-bench-") as tmp:
+        if cluster:
+            local = LocalCluster(find_server_binary(), Path(tmp), replicas_per_primary=0)
+            local.start()
+            try:
+                yield local.url
+            finally:
+                local.stop()
+            return
+        with RedisServer(data_dir=Path(tmp)) as server:
+            yield server.url
 
 
 @contextlib.asynccontextmanager
@@ -135,7 +144,7 @@ async def engine_on(
     url: str, settings: Settings, handler: Handler, *, flush: bool = True
 ) -> AsyncIterator[Engine]:
     """A started engine on its own client (the database flushed first)."""
-    client = create_redis(url)
+    client = await connect(url)
     if flush:
         await client.flushdb()
     engine = Engine(client, settings, handler, shutdown_timeout_s=1)
@@ -148,17 +157,34 @@ async def engine_on(
         await client.aclose()
 
 
+async def infos(client: Redis, section: str) -> list[dict[str, Any]]:
+    """``INFO section`` of the server, or of every primary of a cluster."""
+    if isinstance(client, RedisCluster):
+        found = await client.info(section, target_nodes=RedisCluster.PRIMARIES)
+        return list(found.values())
+    return [await client.info(section)]
+
+
+async def redis_cpu_by_primary(client: Redis) -> list[float]:
+    """CPU seconds (user + sys) each server has used since it started."""
+    return [
+        float(i["used_cpu_sys"]) + float(i["used_cpu_user"]) for i in await infos(client, "cpu")
+    ]
+
+
 async def redis_cpu_s(client: Redis) -> float:
-    """CPU seconds (user + sys) the server has used since it started."""
-    info = await client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    """CPU seconds (user + sys) the server (a cluster's primaries) used since start."""
+    return sum(await redis_cpu_by_primary(client))
 
 
 async def script_calls(client: Redis) -> int:
-    """Scripts run so far (EVAL, EVALSHA and their _RO forms, FCALL)."""
-    stats = await client.info("commandstats")
+    """Scripts run so far (EVAL, EVALSHA and their _RO forms, FCALL), all primaries."""
     names = ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro")
-    return sum(int(stats.get(f"cmdstat_{n}", {}).get("calls", 0)) for n in names)
+    return sum(
+        int(stats.get(f"cmdstat_{n}", {}).get("calls", 0))
+        for stats in await infos(client, "commandstats")
+        for n in names
+    )
 
 
 async def command_calls(client: Redis, name: str) -> int:

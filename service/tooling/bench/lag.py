@@ -25,7 +25,7 @@ from rich.progress import Progress, TaskID
 
 from service.models import Batch, Message
 from service.store.backlog import read_backlog
-from service.store.connections import create_redis
+from service.store.connections import connect, create_redis
 from service.tooling.bench.common import (
     LagResult,
     bench_server,
@@ -77,7 +77,7 @@ async def run_engine(run: Run, variant: str, progress: Progress, task: TaskID) -
     async def handler(batch: Batch) -> None:
         lags.append((time.time() - batch.deadline_at) * 1000)
 
-    client = create_redis(run.url)
+    client = await connect(run.url)
     try:
         await prepare(client, run)
         config = await expiry_config(client)
@@ -155,7 +155,24 @@ async def run_lag(opts: LagOptions, redis_url: str | None, console: Console) -> 
             for name, value in saved.items():
                 await client.config_set(name, value)
             await client.aclose()
+    if opts.cluster:
+        results += await run_on_cluster(opts, console)
     print_lag(results, opts, console)
+    return results
+
+
+async def run_on_cluster(opts: LagOptions, console: Console) -> list[LagResult]:
+    """The service variant on a local Redis Cluster, beside the single server's."""
+    results = []
+    with bench_server(None, cluster=True) as url, Progress(console=console, transient=True) as p:
+        for n in opts.ns:
+            window = opts.window_s or default_window(n)
+            idle = opts.idle_ms or int(window * 1000) + 2_000
+            result = await run_variant(Run(url, n, window, idle, opts), "service", p)
+            result.variant = "service-cluster"
+            result.checks.update(window_s=window, idle_ms=idle, primaries=3)
+            results.append(result)
+            console.print(f"  service-cluster n={n:,}: {summary(result)}", highlight=False)
     return results
 
 

@@ -29,6 +29,7 @@ class LagOptions:
     effort: int | None = None  # active-expire-effort, likewise
     volatile: int = 0  # unrelated keys with a 600 s TTL, present in every variant
     naive_ttl_ms: int | None = None  # None: default_naive_ttl(idle)
+    cluster: bool = False  # also the service on a local 3-primary Redis Cluster
 
 
 def default_window(n: int) -> float:

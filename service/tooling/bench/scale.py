@@ -25,7 +25,7 @@ import contextlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -35,14 +35,14 @@ from rich.progress import Progress
 from service.engine.batcher import Batcher
 from service.models import Message
 from service.store.backlog import read_backlog
-from service.store.connections import create_redis
+from service.store.connections import connect
 from service.tooling.bench.common import (
     bench_server,
     bench_settings,
     ms_pct,
     note,
     paced,
-    redis_cpu_s,
+    redis_cpu_by_primary,
     run_async,
     script_calls,
     table,
@@ -62,6 +62,7 @@ class ScaleOptions:
     nudge_interval_ms: int = 10
     concurrency: int = 64
     buckets: int = 16
+    cluster: bool = False  # a local 3-primary Redis Cluster instead of one server
 
 
 @dataclass
@@ -79,8 +80,9 @@ class ScaleResult:
     lost_claims: int  # claim attempts that found nothing to take (taken elsewhere, not idle)
     swept: int  # claimed by a sweeper (overdue by more than its grace period)
     scripts_per_batch: float
-    redis_cpu_pct: float
+    redis_cpu_pct: float  # all primaries together, % of one core
     seconds: float
+    redis_cpu_pct_by_primary: list[float] = field(default_factory=list)
 
 
 Proc = asyncio.subprocess.Process
@@ -141,7 +143,8 @@ async def phase(
     progress: Progress,
 ) -> ScaleResult:
     before = await reports(procs)
-    cpu0, scripts0, t0 = await redis_cpu_s(client), await script_calls(client), time.monotonic()
+    cpus0 = await redis_cpu_by_primary(client)
+    scripts0, t0 = await script_calls(client), time.monotonic()
     task = progress.add_task(f"{len(procs)} proc(s), {name}", total=n)
 
     async def send(lo: int, hi: int) -> None:
@@ -162,7 +165,11 @@ async def phase(
         progress.update(task, completed=n - left)
         await asyncio.sleep(0.05)
     seconds = time.monotonic() - t0
-    cpu = (await redis_cpu_s(client) - cpu0) / seconds * 100
+    cpus = [
+        round((c - c0) / seconds * 100, 1)
+        for c, c0 in zip(await redis_cpu_by_primary(client), cpus0, strict=True)
+    ]
+    cpu = sum(cpus)
     scripts = await script_calls(client) - scripts0
     after = await reports(procs)
     progress.remove_task(task)
@@ -192,13 +199,15 @@ async def phase(
         scripts_per_batch=round(scripts / n, 2),
         redis_cpu_pct=round(cpu, 1),
         seconds=round(seconds, 1),
+        redis_cpu_pct_by_primary=cpus,
     )
 
 
 async def run_scale(opts: ScaleOptions, redis_url: str | None, console: Console) -> list[Any]:
     results: list[ScaleResult] = []
-    with bench_server(redis_url) as url, Progress(console=console, transient=True) as progress:
-        client = create_redis(url)
+    server = bench_server(redis_url, cluster=opts.cluster)
+    with server as url, Progress(console=console, transient=True) as progress:
+        client = await connect(url)
         settings = bench_settings(url, idle_ms=IDLE_MS, max_wait_ms=600_000, buckets=opts.buckets)
         batcher = Batcher(client, settings)
         try:
@@ -248,7 +257,10 @@ def print_scale(results: list[ScaleResult], console: Console) -> None:
                 r.scripts_per_batch,
             ]
         )
-    console.print(table("scale: service processes on one Redis", cols, rows))
+    where = (
+        "a Redis Cluster" if any(r.redis_cpu_pct_by_primary[1:] for r in results) else "one Redis"
+    )
+    console.print(table(f"scale: service processes on {where}", cols, rows))
     note(
         console,
         "Every process hears every event; the owner of the chat's bucket runs the claim. "
@@ -260,6 +272,12 @@ def print_scale(results: list[ScaleResult], console: Console) -> None:
     )
     cpu = ", ".join(f"{r.procs}p {r.phase}: {r.redis_cpu_pct:g} %" for r in results)
     note(console, f"Redis CPU (of one core): {cpu}")
+    if any(len(r.redis_cpu_pct_by_primary) > 1 for r in results):
+        each = ", ".join(
+            f"{r.procs}p {r.phase}: {' / '.join(f'{c:g}' for c in r.redis_cpu_pct_by_primary)} %"
+            for r in results
+        )
+        note(console, f"per primary: {each}")
 
 
 def scale_main(opts: ScaleOptions, redis_url: str | None, json_path: str | None) -> None:

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from service.engine.engine import Engine
 from service.engine.handlers import Handler
 from service.models import Batch
-from service.store.connections import create_redis
+from service.store.connections import connect
 from service.tooling.bench.common import bench_settings, run_async
 
 
@@ -80,7 +80,7 @@ async def serve(url: str, overrides: dict[str, Any], hang_marker: str | None) ->
     recorder = Recorder()
     values: dict[str, Any] = {"idle_ms": 1_000, "max_wait_ms": 600_000, **overrides}
     settings = bench_settings(url, **values)
-    client = create_redis(url)
+    client = await connect(url)
     handler: Handler = recorder if hang_marker is None else Hang(client, hang_marker)
     engine = Engine(client, settings, handler, shutdown_timeout_s=2)
     await engine.start()
