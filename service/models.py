@@ -160,8 +160,12 @@ def _decode(received_ms: bytes, body: bytes) -> Message:
     doc = json.loads(body)
     doc["received_at"] = int(received_ms) / 1000
     if doc.keys() <= _PLAIN_KEYS:
-        # Written by this service from a validated Message: no need to validate again.
-        return Message.model_construct(**doc)
+        # Written by this service from a validated Message: no need to validate
+        # again. Every defaulted collection is passed in: model_construct would
+        # otherwise inspect each default factory's signature, per message.
+        return Message.model_construct(
+            **{"data": {}, "history": [], "errors": [], "warnings": []} | doc
+        )
     return Message.model_validate(doc)
 
 
