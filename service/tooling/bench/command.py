@@ -95,6 +95,7 @@ def register(sub: Any) -> None:
     idle = scenarios.add_parser("idle", help="Redis CPU of an idle engine (part of memory)")
     idle.add_argument("--open", type=int, default=100_000, help="open batches while idle")
     idle.add_argument("--seconds", type=float, default=10.0)
+    idle.add_argument("--cluster", action="store_true", help="a local Redis Cluster of 3 primaries")
 
     scale = scenarios.add_parser(
         "scale", help="throughput and lag with 1, 2, 4 service processes on one Redis"
@@ -176,7 +177,7 @@ def _run_scenario(args: argparse.Namespace) -> None:
     elif args.scenario == "idle":
         from service.tooling.bench.memory import idle_main
 
-        idle_main(args.open, args.seconds, args.redis_url, args.json_path)
+        idle_main(args.open, args.seconds, args.redis_url, args.json_path, cluster=args.cluster)
     else:
         from service.tooling.bench.scale import ScaleOptions, scale_main
 

@@ -29,13 +29,13 @@ from service.engine.batcher import Batcher, new_id
 from service.models import Batch, Message
 from service.providers.whatsapp import parse_webhook
 from service.settings import Settings
-from service.store.connections import create_redis
+from service.store.connections import connect, create_redis
 from service.tooling.bench.common import (
     bench_server,
     bench_settings,
     engine_on,
     note,
-    redis_cpu_s,
+    redis_cpu_by_primary,
     run_async,
     table,
     used_memory,
@@ -197,19 +197,25 @@ async def idle_cpu(client: Redis, url: str, n: int, seconds: float) -> dict[str,
     for lo in range(0, n, CHUNK):
         await batcher.add_many([generic(i, 0) for i in range(lo, min(n, lo + CHUNK))])
 
-    async def window() -> float:
-        c0 = await redis_cpu_s(client)
-        await asyncio.sleep(seconds)
-        return round((await redis_cpu_s(client) - c0) / seconds * 100, 2)
+    out: dict[str, float] = {}
 
-    out = {f"no engine, {n:,} open batches (baseline)": await window()}
+    async def window(state: str) -> None:
+        c0 = await redis_cpu_by_primary(client)
+        await asyncio.sleep(seconds)
+        after = await redis_cpu_by_primary(client)
+        cpus = [(c - b) / seconds * 100 for c, b in zip(after, c0, strict=True)]
+        out[state] = round(sum(cpus), 2)
+        if len(cpus) > 1:  # a cluster: each primary's share too
+            out.update({f"{state}, primary {i + 1}": round(c, 2) for i, c in enumerate(cpus)})
+
+    await window(f"no engine, {n:,} open batches (baseline)")
 
     async def ignore(batch: Batch) -> None:
         return None
 
     async with engine_on(url, settings_for(url), ignore, flush=False):
         await asyncio.sleep(1.0)  # start-up checks and first sweep done
-        out[f"engine running, {n:,} open batches"] = await window()
+        await window(f"engine running, {n:,} open batches")
     return out
 
 
@@ -265,12 +271,14 @@ def memory_main(n: int, seconds: float, redis_url: str | None, json_path: str | 
     write_json(json_path, run_async(run_memory(n, seconds, redis_url, Console())))
 
 
-def idle_main(n: int, seconds: float, redis_url: str | None, json_path: str | None) -> None:
-    """``batcher bench idle``: just the CPU part."""
+def idle_main(
+    n: int, seconds: float, redis_url: str | None, json_path: str | None, *, cluster: bool = False
+) -> None:
+    """``batcher bench idle``: just the CPU part (``cluster``: on a local cluster)."""
 
     async def run() -> dict[str, float]:
-        with bench_server(redis_url) as url:
-            client = create_redis(url)
+        with bench_server(redis_url, cluster=cluster) as url:
+            client = await connect(url)
             try:
                 cpu = await idle_cpu(client, url, n, seconds)
             finally:
