@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,13 +30,17 @@ SOCKET_TIMEOUT_S = 10.0
 
 class _ClosedTransportIsConnectionError(AbstractConnection):
     """uvloop reports a write on a transport that died as ``RuntimeError``
-    ("the handler is closed"); redis-py lets it through. Make it the
-    ``ConnectionError`` it is, so that callers retry or answer 503."""
+    ("the handler is closed"), and redis-py a write on a stream it already
+    dropped as ``AttributeError``; both get through. Make them the
+    ``ConnectionError`` they are, so that callers retry or answer 503."""
 
     async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
         try:
             await super().send_packed_command(*args, **kwargs)
-        except RuntimeError as exc:
+        except (RuntimeError, AttributeError) as exc:
+            # AttributeError: redis-py writes on a connection whose stream is
+            # already gone (``_writer`` None) while a killed node's
+            # connections are torn down. Both mean: this connection is lost.
             await self.disconnect(nowait=True)
             raise RedisConnectionError(f"connection lost: {exc}") from exc
 
@@ -124,6 +128,13 @@ async def connect(url: str, cluster: str = "auto") -> Redis:
         socket_keepalive=True,
         retry=CLUSTER_RETRY,
     )
+    # The nodes' connections get the same hardening as a single server's:
+    # the startup nodes now, every node found later through the shared kwargs.
+    manager = client.nodes_manager
+    hardened = _hardened(manager.connection_kwargs.get("connection_class", Connection))
+    manager.connection_kwargs["connection_class"] = hardened
+    for node in manager.startup_nodes.values():
+        node.connection_class = hardened  # type: ignore[assignment]
     await client.initialize()
     return cast(Redis, client)
 

@@ -103,6 +103,8 @@ async def test_every_bucket_every_primary(redis_cluster: LocalCluster) -> None:
     async with engines(redis_cluster, bot) as running:
         for e in running:  # one listener per primary, subscribed
             await wait_until(lambda e=e: len(e.listeners.states()) == 3 and e.healthy())
+        nodes = running[0].redis.get_nodes()  # type: ignore[attr-defined]
+        assert all(n.connection_class.__name__.startswith("Hardened") for n in nodes)
         for k in range(3):
             assert await send(running, sent, 64, k) == 64
         assert {KS.bucket_of(c) for c in sent} == set(range(KS.buckets))

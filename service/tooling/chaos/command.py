@@ -12,6 +12,10 @@ then stops, everything drains (bounded), and every acknowledged message is
 looked for at the bot or in the dead-letter store. Exit status 1 on any loss,
 order violation, overlap or message split over two batches; 2 when the rig
 itself could not run.
+
+With ``--cluster`` the Redis is a local Redis Cluster instead (3 primaries with
+a replica each, ``BATCHER_ACK_REPLICAS=1``, no proxy) and the faults are those
+of ``faults.CLUSTER_KINDS`` (``service.tooling.chaos.cluster``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import secrets
-import shutil
 import sys
 import tempfile
 import time
@@ -34,29 +37,21 @@ from rich.console import Console
 
 from service.cli.console import setup_logging
 from service.store.embedded import RedisServer
-from service.tooling.chaos.driver import Driver, Traffic
-from service.tooling.chaos.faults import KINDS, Injector, Rig
-from service.tooling.chaos.monitor import Monitor
+from service.tooling.chaos.cluster import cluster_soak
+from service.tooling.chaos.faults import CLUSTER_KINDS, KINDS, Injector, Rig
 from service.tooling.chaos.proxy import ChaosProxy
-from service.tooling.chaos.report import Timing, reconcile
-from service.tooling.chaos.state import drain, dump, service_events
+from service.tooling.chaos.run import (
+    SERVICE_SETTINGS,
+    finish,
+    run_soak,
+    service_env,
+    start_services,
+)
 from service.tooling.chaos.table import render
 from service.tooling.procs import ServiceProc
 from service.tooling.sink import Sink
 
-SERVICE_SETTINGS = {
-    "IDLE_MS": 300,
-    "MAX_WAIT_MS": 10_000,
-    "LEASE_MS": 3_000,
-    "FORWARD_TIMEOUT_MS": 1_000,
-    "MAX_ATTEMPTS": 50,
-    "RETRY_BASE_MS": 100,
-    "RETRY_MAX_MS": 1_000,
-    "LISTENER_PING_MS": 500,
-    "LISTENER_DEAD_MS": 1_500,
-    "SWEEP_INTERVAL_MS": 200,
-    "SWEEP_GRACE_MS": 500,
-}
+__all__ = ["SERVICE_SETTINGS", "main", "register", "soak"]
 
 
 def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,6 +89,12 @@ def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
         help="the Redis AOF fsync policy (default everysec, as redis.conf ships); "
         "'always' closes the window in which a Redis crash loses acknowledged writes",
     )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run against a local Redis Cluster (3 primaries + 3 replicas, "
+        f"BATCHER_ACK_REPLICAS=1, no proxy; kinds: {', '.join(CLUSTER_KINDS)})",
+    )
     p.add_argument("--dir", type=Path, default=None, help="run directory (logs, Redis data)")
     p.add_argument("--keep", action="store_true", help="keep the run directory after a pass")
 
@@ -123,13 +124,14 @@ def run_chaos(args: argparse.Namespace) -> int:
     return 0 if report["verdict"] == "PASS" else (2 if report.get("rig_error") else 1)
 
 
-def _kinds(spec: str) -> list[str]:
+def _kinds(spec: str, *, cluster: bool = False) -> list[str]:
+    offered = CLUSTER_KINDS if cluster else KINDS
     if spec == "all":
-        return list(KINDS)
+        return list(offered)
     if spec == "none":
         return []
     kinds = [k.strip() for k in spec.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in offered]
     if unknown:
         raise SystemExit(f"unknown fault kinds: {', '.join(unknown)}")
     return kinds
@@ -142,8 +144,10 @@ def _run_dir(given: Path | None) -> Path:
 
 
 async def soak(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    kinds = _kinds(args.faults)
+    kinds = _kinds(args.faults, cluster=args.cluster)
     run_dir = args.run_dir = _run_dir(args.dir)
+    if args.cluster:
+        return await cluster_soak(args, console, kinds, run_dir)
     console.print(
         f"chaos soak: {args.minutes} min, seed {args.seed}, appendfsync {args.appendfsync}, "
         f"run dir {run_dir}"
@@ -163,24 +167,12 @@ async def soak(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         await asyncio.to_thread(server.start, 30.0)
         await proxy.start()
         await sink.start()
-        env = {f"BATCHER_{k}": str(v) for k, v in SERVICE_SETTINGS.items()}
-        env.update(
-            BATCHER_REDIS_URL=proxy.url,
-            BATCHER_FORWARD_URL=sink.url,
-            BATCHER_FORWARD_SECRET=forward_secret,
-            BATCHER_WHATSAPP_APP_SECRET=app_secret,
-            BATCHER_LOG_FORMAT="json",
-            BATCHER_LOG_LEVEL="INFO",
-        )
+        env = service_env(proxy.url, sink, forward_secret, app_secret)
         async with httpx.AsyncClient() as http:
-            for n in range(2):
-                svc = ServiceProc(f"svc{n}", env, run_dir / f"svc{n}.log", run_dir)
-                services.append(svc)
-                svc.start()
-            for svc in services:
-                await svc.wait_ready(http)
+            await start_services(env, run_dir, http, services)
             rig = Rig(server, admin, proxy, sink, services, http)
-            report = await _run(args, console, rig, kinds, app_secret.encode())
+            injector = Injector(rig, args.seed, kinds=kinds or None)
+            report = await run_soak(args, console, rig, injector, kinds, app_secret.encode())
     except Exception as exc:
         report = {"verdict": "FAIL", "rig_error": f"{type(exc).__name__}: {exc}"}
         console.print(f"[bold red]rig error:[/] {exc}")
@@ -193,90 +185,7 @@ async def soak(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         await proxy.stop()
         await admin.aclose()
         await asyncio.to_thread(server.stop)
-    report["events"] = service_events(services)
-    report["run"] = {
-        "seed": args.seed,
-        "minutes": args.minutes,
-        "chats": args.chats,
-        "appendfsync": args.appendfsync,
-        "wall_s": round(time.monotonic() - started, 1),
-        "dir": str(run_dir),
-        "settings": SERVICE_SETTINGS,
-        "service_starts": {s.name: s.starts for s in services},
-        "service_exit_codes": {s.name: s.exit_codes for s in services},
-    }
-    if report.get("verdict") == "PASS" and not args.keep and args.dir is None:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return report
-
-
-async def _run(
-    args: argparse.Namespace, console: Console, rig: Rig, kinds: list[str], app_secret: bytes
-) -> dict[str, Any]:
-    t0 = time.monotonic()
-    traffic_until = t0 + args.minutes * 60
-    driver = Driver([s.url for s in rig.services], app_secret, args.seed, Traffic(chats=args.chats))
-    injector = Injector(rig, args.seed, kinds=kinds or None)
-    driver_task = asyncio.create_task(driver.run(traffic_until, traffic_until + 30))
-    fault_task = asyncio.create_task(injector.run(traffic_until, driver.extend)) if kinds else None
-    progress = asyncio.create_task(_progress(console, t0, driver, rig.sink, injector))
-    monitor = Monitor(rig.services, rig.http)
-    watching = asyncio.create_task(monitor.run())
-    try:
-        await driver_task
-        if fault_task is not None:
-            await fault_task
-    finally:
-        progress.cancel()
-    traffic_end = time.monotonic()
-    console.print(f"traffic over at {traffic_end - t0:.0f}s; draining")
-    try:
-        left = await drain(rig, driver, args.drain_s)
-    finally:
-        watching.cancel()
-    timing = Timing(
-        idle_s=SERVICE_SETTINGS["IDLE_MS"] / 1000,
-        forward_timeout_s=SERVICE_SETTINGS["FORWARD_TIMEOUT_MS"] / 1000,
-        lease_s=SERVICE_SETTINGS["LEASE_MS"] / 1000,
-    )
-    report = reconcile(driver.sent, rig.sink.batches(), injector.faults, left, timing, t0)
-    health = monitor.summary(injector.faults, traffic_end, timing.recovery_window_s)
-    report["health"] = health
-    report["health_flags"] = monitor.flagged(health)
-    if args.fail_on_stall and report["messages"]["stalled"]:
-        report["verdict"] = "FAIL"
-    report["driver_outcomes"] = dict(driver.outcomes.most_common())
-    dump(args.run_dir, t0, driver, rig.sink)
-    report["faults"] = [
-        {
-            "kind": f.kind,
-            "target": f.target,
-            "start_s": round(f.start - t0, 2),
-            "end_s": round(f.end - t0, 2),
-            **f.detail,
-        }
-        for f in injector.faults
-    ]
-    report["traffic_extended_s"] = round(max(0.0, traffic_end - traffic_until), 1)
-    report["fault_kinds_missing"] = sorted(set(kinds) - {f.kind for f in injector.faults})
-    report["injector_errors"] = injector.errors
-    report["proxy"] = {"accepted": rig.proxy.accepted, "refused": rig.proxy.refused,
-                       "cut": rig.proxy.cuts, "zombies_left": rig.proxy.zombies}  # fmt: skip
-    return report
-
-
-async def _progress(
-    console: Console, t0: float, driver: Driver, sink: Sink, injector: Injector
-) -> None:
-    while True:
-        await asyncio.sleep(10)
-        acked = sum(1 for s in driver.sent if s.acked is not None)
-        ok = len(sink.acked())
-        now = injector.current.kind if injector.current else "-"
-        console.print(
-            f"  {time.monotonic() - t0:5.0f}s  sent {len(driver.sent)}  acked {acked}  "
-            f"batches ok {ok}  faults {len(injector.faults)}  now: {now}"
-        )
+    return finish(report, args, services, started, run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

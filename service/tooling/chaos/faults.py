@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from service.store.embedded import RedisServer
 from service.tooling.chaos.proxy import ChaosProxy
+from service.tooling.cluster import LocalCluster
 from service.tooling.procs import ServiceProc
 from service.tooling.sink import Sink
 
@@ -38,6 +39,19 @@ KINDS: dict[str, str] = {
     "sink_hang": "the bot never answers for a while",
     "proxy_cut": "cut every service-Redis connection (RST)",
     "proxy_blackhole": "half-open service-Redis connections: data dropped, nothing closed",
+}
+
+# The kinds of ``batcher chaos --cluster`` (no proxy; Redis faults on cluster nodes).
+CLUSTER_KINDS: dict[str, str] = {
+    "svc_kill": KINDS["svc_kill"],
+    "svc_term": KINDS["svc_term"],
+    "pubsub_kill": "CLIENT KILL TYPE pubsub on one primary",
+    "script_flush": "SCRIPT FLUSH on one primary",
+    "sink_fail": KINDS["sink_fail"],
+    "sink_hang": KINDS["sink_hang"],
+    "cluster_failover": "CLUSTER FAILOVER on a replica of a random primary",
+    "primary_kill": "SIGKILL a primary; its replica takes over; the node rejoins as a replica",
+    "slot_move": "move the slot of one bucket to another primary (live resharding)",
 }
 
 # kind -> (min, max) seconds the fault lasts, for the kinds that last
@@ -64,14 +78,27 @@ class Fault:
 
 @dataclass
 class Rig:
-    """What the injector acts on."""
+    """What the injector acts on. A cluster soak has no single server and no proxy."""
 
-    redis: RedisServer
-    admin: Redis  # a direct connection to Redis (not through the proxy)
-    proxy: ChaosProxy
+    redis: RedisServer | None
+    admin: Redis  # a direct connection to Redis (not through the proxy); cluster: a cluster client
+    proxy: ChaosProxy | None
     sink: Sink
     services: list[ServiceProc]
     http: httpx.AsyncClient
+    cluster: LocalCluster | None = None
+
+    @property
+    def server(self) -> RedisServer:
+        if self.redis is None:
+            raise RuntimeError("this soak runs no single Redis server")
+        return self.redis
+
+    @property
+    def tcp_proxy(self) -> ChaosProxy:
+        if self.proxy is None:
+            raise RuntimeError("this soak runs no proxy")
+        return self.proxy
 
 
 class Injector:
@@ -159,14 +186,14 @@ class Injector:
         await self._restart(self._pick(fault), signal.SIGTERM, fault, down)
 
     async def _redis_restart(self, fault: Fault, down: float) -> None:
-        await asyncio.to_thread(self.rig.redis.stop)
+        await asyncio.to_thread(self.rig.server.stop)
         await asyncio.sleep(down)
-        await asyncio.to_thread(self.rig.redis.start, 30.0)
+        await asyncio.to_thread(self.rig.server.start, 30.0)
 
     async def _redis_kill(self, fault: Fault, down: float) -> None:
-        await asyncio.to_thread(lambda: self.rig.redis.stop(kill=True))
+        await asyncio.to_thread(lambda: self.rig.server.stop(kill=True))
         await asyncio.sleep(down)
-        await asyncio.to_thread(self.rig.redis.start, 30.0)
+        await asyncio.to_thread(self.rig.server.start, 30.0)
 
     async def _pubsub_kill(self, fault: Fault, _: float) -> None:
         killed = await admin_call(lambda: self.rig.admin.client_kill_filter(_type="pubsub"))
@@ -202,14 +229,14 @@ class Injector:
             self.rig.sink.set_mode("ok")
 
     async def _proxy_cut(self, fault: Fault, _: float) -> None:
-        fault.detail["connections"] = self.rig.proxy.cut(rst=True)
+        fault.detail["connections"] = self.rig.tcp_proxy.cut(rst=True)
 
     async def _proxy_blackhole(self, fault: Fault, duration: float) -> None:
-        fault.detail["connections"] = self.rig.proxy.blackhole(True)
+        fault.detail["connections"] = self.rig.tcp_proxy.blackhole(True)
         try:
             await asyncio.sleep(duration)
         finally:
-            fault.detail["zombies"] = self.rig.proxy.blackhole(False)
+            fault.detail["zombies"] = self.rig.tcp_proxy.blackhole(False)
 
 
 async def command(admin: Redis, *args: str | int) -> Any:

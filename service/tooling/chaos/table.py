@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from service.tooling.chaos.faults import KINDS
+from service.tooling.chaos.faults import CLUSTER_KINDS, KINDS
 from service.tooling.chaos.report import STALL_S
 
 
@@ -115,7 +115,8 @@ def render(report: dict[str, Any], console: Console) -> None:
         console.print(f"[yellow]health:[/] {flag}")
     verdict = report["verdict"]
     style = "bold green" if verdict == "PASS" else bad
-    injected = sorted({f["kind"] for f in report.get("faults", [])}, key=list(KINDS).index)
+    order = list({**KINDS, **CLUSTER_KINDS})
+    injected = sorted({f["kind"] for f in report.get("faults", [])}, key=order.index)
     console.print(f"[{style}]{verdict}[/]  (faults injected: {', '.join(injected) or 'none'})")
 
 
