@@ -8,22 +8,26 @@ endpoints (``/v1/chats/{chat_id}``). Exit status 0 done, 1 nothing to act on
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from service.cli.console import clean, duration, plural
-from service.cli.setup import EXIT_FAILED, EXIT_FOUND, EXIT_OK, add_redis_url, url_of, with_settings
+from service.cli.setup import (
+    EXIT_FOUND,
+    EXIT_OK,
+    add_redis_url,
+    on_redis,
+    with_settings,
+)
 from service.settings import Settings
 from service.store.chats import Chats, ChatState
-from service.store.connections import connect
 
 ACTIONS = {
     "flush": "close the chat's open batch now and deliver it (reason manual)",
@@ -47,21 +51,10 @@ def register(subparsers: Any) -> None:
 
 
 def _with_chats(settings: Settings, command: str, work: Callable[[Chats], Awaitable[int]]) -> int:
-    url = url_of(settings, command)
+    async def on(redis: Redis) -> int:
+        return await work(Chats(redis, settings))
 
-    async def run() -> int:
-        redis = await connect(url, settings.redis_cluster)
-        try:
-            return await work(Chats(redis, settings))
-        except (RedisError, OSError) as exc:
-            Console(stderr=True).print(
-                f"[bold red]error:[/] Redis at {settings.redis_url_display}:", clean(exc)
-            )
-            return EXIT_FAILED
-        finally:
-            await redis.aclose()
-
-    return asyncio.run(run())
+    return on_redis(settings, command, on, Console(stderr=True))
 
 
 def run_show(args: argparse.Namespace, settings: Settings, console: Console | None = None) -> int:

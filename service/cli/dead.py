@@ -9,22 +9,19 @@ characters are made visible.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
 from service.cli.console import clean, duration
-from service.cli.setup import add_redis_url, url_of, with_settings
+from service.cli.setup import add_redis_url, on_redis, with_settings
 from service.models import Message
 from service.settings import Settings
-from service.store.connections import connect
 from service.store.deadletters import (
     DeadBatch,
     count_dead,
@@ -65,19 +62,9 @@ def add_dead_parser(subparsers: argparse._SubParsersAction[Any]) -> argparse.Arg
 
 def run_dead(args: argparse.Namespace, settings: Settings, console: Console | None = None) -> int:
     """``batcher dead ...``: 0 done, 1 no such dead batch, 2 refused or no Redis."""
-    url, out = url_of(settings, "dead"), console or Console()
-
-    async def run() -> int:
-        redis = await connect(url, settings.redis_cluster)
-        try:
-            return await _command(redis, Keyspace.of(settings), args, out)
-        except (RedisError, OSError) as exc:
-            out.print(f"[bold red]error:[/] Redis at {settings.redis_url_display}:", clean(exc))
-            return 2
-        finally:
-            await redis.aclose()
-
-    return asyncio.run(run())
+    out = console or Console()
+    keyspace = Keyspace.of(settings)
+    return on_redis(settings, "dead", lambda redis: _command(redis, keyspace, args, out), out)
 
 
 async def _command(redis: Redis, keyspace: Keyspace, args: Any, console: Console) -> int:

@@ -8,19 +8,17 @@ sent is never parsed as markup (``clean``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
 from service.cli.console import clean, duration
-from service.cli.setup import add_redis_url, url_of, with_settings
+from service.cli.setup import add_redis_url, on_redis, with_settings
 from service.settings import Settings
-from service.store.connections import connect
 from service.store.deadletters import server_time_ms
 from service.store.keyspace import Keyspace
 from service.store.rejected import RejectedEntry, RejectedStore
@@ -49,19 +47,13 @@ def run_rejected(
     args: argparse.Namespace, settings: Settings, console: Console | None = None
 ) -> int:
     """``batcher rejected ...``: 0 done, 1 no such entry, 2 refused or no Redis."""
-    url, out = url_of(settings, "rejected"), console or Console()
+    out = console or Console()
+    keyspace = Keyspace.of(settings)
 
-    async def run() -> int:
-        redis = await connect(url, settings.redis_cluster)
-        try:
-            return await _command(RejectedStore(redis, Keyspace.of(settings)), args, out)
-        except (RedisError, OSError) as exc:
-            out.print(f"[bold red]error:[/] Redis at {settings.redis_url_display}:", clean(exc))
-            return 2
-        finally:
-            await redis.aclose()
+    async def work(redis: Redis) -> int:
+        return await _command(RejectedStore(redis, keyspace), args, out)
 
-    return asyncio.run(run())
+    return on_redis(settings, "rejected", work, out)
 
 
 async def _command(store: RejectedStore, args: Any, console: Console) -> int:

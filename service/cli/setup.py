@@ -12,16 +12,21 @@ command could not do its work (bad settings or arguments, no Redis, refused),
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from rich.console import Console
 
-from service.cli.console import setup_logging
+from service.cli.console import clean, setup_logging
 from service.cli.runtime import find_running
 from service.errors import BatcherError
 from service.settings import Settings
+from service.store.connections import connect
 
 Run = Callable[[argparse.Namespace, Settings], int]
 
@@ -104,3 +109,23 @@ def with_settings(run: Run, *, redis: bool = False) -> Callable[[argparse.Namesp
         return run(args, with_redis(args, settings) if redis else settings)
 
     return runner
+
+
+def on_redis(
+    settings: Settings, command: str, work: Callable[[Redis], Awaitable[int]], out: Console
+) -> int:
+    """Run a command's ``work`` on a client of the deployment's Redis (a cluster
+    client when it is one); a Redis error is printed and exits 2."""
+    url = url_of(settings, command)
+
+    async def run() -> int:
+        redis = await connect(url, settings.redis_cluster)
+        try:
+            return await work(redis)
+        except (RedisError, OSError) as exc:
+            out.print(f"[bold red]error:[/] Redis at {settings.redis_url_display}:", clean(exc))
+            return EXIT_FAILED
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())

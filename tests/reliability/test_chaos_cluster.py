@@ -23,40 +23,16 @@ applies that module's checks.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from service.store.embedded import EmbeddedRedisError, find_server_binary, server_version
 from service.tooling.chaos.faults import CLUSTER_KINDS
-from tests.reliability.test_soak import REPO, check
+from tests.reliability.test_soak import check, soak
 
 MINUTES = 1.0
 SEED = 11
-
-
-def cluster_soak(tmp_path: Path, timeout_s: float) -> tuple[int, dict[str, Any]]:
-    out = tmp_path / "figures.json"
-    cmd = [sys.executable, "-m", "service.tooling.chaos", "--cluster",
-           "--minutes", str(MINUTES), "--seed", str(SEED),
-           "--appendfsync", "always", "--json", str(out),
-           "--dir", str(tmp_path / "run")]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHER_")}
-    started = time.monotonic()
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
-    )
-    print(proc.stdout[-20000:])
-    print(proc.stderr[-5000:], file=sys.stderr)
-    print(f"cluster soak wall time {time.monotonic() - started:.0f}s; run dir {tmp_path / 'run'}")
-    assert out.exists(), f"no figures written (exit {proc.returncode})"
-    return proc.returncode, json.loads(out.read_text())
 
 
 def _require_cluster_capable_server() -> None:
@@ -74,7 +50,7 @@ def test_short_cluster_soak(tmp_path: Path, request: pytest.FixtureRequest) -> N
     if "slow" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("cluster soak (~100 s): select it with -m slow")
     _require_cluster_capable_server()
-    code, r = cluster_soak(tmp_path, timeout_s=390)
+    code, r = soak(tmp_path, MINUTES, SEED, 390, "--cluster")
     check(code, r, all_kinds=False)
     injected = {f["kind"] for f in r["faults"]}
     assert injected == set(CLUSTER_KINDS), r["fault_kinds_missing"]

@@ -38,9 +38,12 @@ SHORT_SEED = 11  # its schedule covers every kind within SHORT_MINUTES
 REPO = Path(__file__).resolve().parents[2]
 
 
-def soak(tmp_path: Path, minutes: float, seed: int, timeout_s: float) -> tuple[int, dict[str, Any]]:
+def soak(
+    tmp_path: Path, minutes: float, seed: int, timeout_s: float, *extra: str
+) -> tuple[int, dict[str, Any]]:
+    """``python -m service.tooling.chaos`` (with ``extra`` arguments, e.g. ``--cluster``)."""
     out = tmp_path / "figures.json"
-    cmd = [sys.executable, "-m", "service.tooling.chaos", "--minutes", str(minutes),
+    cmd = [sys.executable, "-m", "service.tooling.chaos", *extra, "--minutes", str(minutes),
            "--seed", str(seed),
            "--appendfsync", "always", "--json", str(out),
            "--dir", str(tmp_path / "run")]  # fmt: skip

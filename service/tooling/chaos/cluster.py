@@ -31,7 +31,14 @@ from rich.console import Console
 from service.store.embedded import find_server_binary
 from service.store.keyspace import Keyspace
 from service.tooling.chaos.faults import Fault, Injector, Rig
-from service.tooling.chaos.run import finish, run_soak, service_env, start_services
+from service.tooling.chaos.run import (
+    finish,
+    rig_failed,
+    run_soak,
+    service_env,
+    start_services,
+    stop_all,
+)
 from service.tooling.cluster import HOST, ClusterError, ClusterNodeProc, LocalCluster
 from service.tooling.procs import ServiceProc
 from service.tooling.sink import Sink
@@ -180,14 +187,9 @@ async def cluster_soak(
             injector = ClusterInjector(rig, args.seed, kinds=kinds or None)
             report = await run_soak(args, console, rig, injector, kinds, app_secret.encode())
     except Exception as exc:
-        report = {"verdict": "FAIL", "rig_error": f"{type(exc).__name__}: {exc}"}
-        console.print(f"[bold red]rig error:[/] {exc}")
+        report = rig_failed(exc, console)
     finally:
-        for svc in services:
-            with contextlib.suppress(Exception):
-                await svc.stop()
-        with contextlib.suppress(Exception):
-            await sink.stop()
+        await stop_all(services, sink)
         if admin is not None:
             await admin.aclose()
         topology = _topology(cluster)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import secrets
 import sys
@@ -43,9 +42,11 @@ from service.tooling.chaos.proxy import ChaosProxy
 from service.tooling.chaos.run import (
     SERVICE_SETTINGS,
     finish,
+    rig_failed,
     run_soak,
     service_env,
     start_services,
+    stop_all,
 )
 from service.tooling.chaos.table import render
 from service.tooling.procs import ServiceProc
@@ -174,14 +175,9 @@ async def soak(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             injector = Injector(rig, args.seed, kinds=kinds or None)
             report = await run_soak(args, console, rig, injector, kinds, app_secret.encode())
     except Exception as exc:
-        report = {"verdict": "FAIL", "rig_error": f"{type(exc).__name__}: {exc}"}
-        console.print(f"[bold red]rig error:[/] {exc}")
+        report = rig_failed(exc, console)
     finally:
-        for svc in services:
-            with contextlib.suppress(Exception):
-                await svc.stop()
-        with contextlib.suppress(Exception):
-            await sink.stop()
+        await stop_all(services, sink)
         await proxy.stop()
         await admin.aclose()
         await asyncio.to_thread(server.stop)

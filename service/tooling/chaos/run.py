@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -164,3 +165,18 @@ async def _progress(
             f"  {time.monotonic() - t0:5.0f}s  sent {len(driver.sent)}  acked {acked}  "
             f"batches ok {ok}  faults {len(injector.faults)}  now: {now}"
         )
+
+
+def rig_failed(exc: Exception, console: Console) -> dict[str, Any]:
+    """The report of a soak whose rig broke (not a finding about the service)."""
+    console.print(f"[bold red]rig error:[/] {exc}")
+    return {"verdict": "FAIL", "rig_error": f"{type(exc).__name__}: {exc}"}
+
+
+async def stop_all(services: list[ServiceProc], sink: Sink) -> None:
+    """Stop the service processes and the sink, whatever state they are in."""
+    for svc in services:
+        with contextlib.suppress(Exception):
+            await svc.stop()
+    with contextlib.suppress(Exception):
+        await sink.stop()
