@@ -66,8 +66,10 @@ class Listener:
         dead_ms: int,
         stats: Stats,
         stop: asyncio.Event,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.redis = redis
+        self.on_lost = on_lost  # told when the connection fails (a cluster re-reads its topology)
         self.channel = channel
         self.on_key = on_key
         self.on_subscribed = on_subscribed
@@ -96,6 +98,8 @@ class Listener:
                 if not isinstance(exc, (RedisError, OSError, ListenerDead, TimeoutError)):
                     log.exception("listener failed unexpectedly")
                 if not self.stop.is_set():
+                    if self.on_lost is not None:
+                        self.on_lost()
                     emit(
                         log,
                         "listener_lost",

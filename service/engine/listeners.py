@@ -6,7 +6,9 @@ of primaries is read again every few seconds (a failover promotes a replica,
 a node is added or removed), listeners are started for new primaries and
 stopped for those that are gone, and each new subscription is followed, as
 always, by a check of that node's notifications and a sweep: the events of a
-primary nobody listened to are found in the deadline index.
+primary nobody listened to are found in the deadline index. A listener that
+loses its connection has the topology read again at once (its node may have
+failed over).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from service.store.connections import create_redis, is_cluster, primary_urls
 log = logging.getLogger(__name__)
 
 TOPOLOGY_REFRESH_S = 2.0
+MIN_REFRESH_S = 0.25
 
 OnSubscribed = Callable[[Redis], Coroutine[Any, Any, None]]
 
@@ -65,6 +68,7 @@ class Listeners:
         self.stop = stop
         self.cluster = is_cluster(redis)
         self.nodes: dict[str, _Node] = {}
+        self._refresh = asyncio.Event()  # a listener lost its node: read the topology now
 
     @property
     def first(self) -> Listener | None:
@@ -109,6 +113,7 @@ class Listeners:
             dead_ms=self.settings.listener_dead_ms,
             stats=self.stats,
             stop=self.stop,
+            on_lost=self._refresh.set,
         )
         task = asyncio.create_task(listener.run(), name=f"batcher-listener-{name}")
         self.nodes[name] = _Node(url, commands, listener, task)
@@ -124,7 +129,10 @@ class Listeners:
     async def run(self) -> None:
         """Keep the listeners in step with the primaries (a cluster's can change)."""
         while not self.stop.is_set():
-            if await sleep_or_stop(self.stop, TOPOLOGY_REFRESH_S):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh.wait(), TOPOLOGY_REFRESH_S)
+            self._refresh.clear()
+            if self.stop.is_set():
                 break
             if not self.cluster:
                 continue
@@ -134,6 +142,7 @@ class Listeners:
                 log.debug("topology refresh failed: %s", exc)
             except Exception:  # a background loop logs and carries on
                 log.exception("topology refresh failed")
+            await sleep_or_stop(self.stop, MIN_REFRESH_S)  # a failing node asks often
 
     async def close(self) -> None:
         for name in list(self.nodes):
