@@ -156,3 +156,16 @@ def assert_exactly_once(collector: Collector, expected: dict[str, list[str]]) ->
     assert len(batch_ids) == len(set(batch_ids)), "a batch was delivered twice"
     for b in collector.batches:
         assert all(m.id.startswith(f"{b.chat_id}#") for m in b.messages), b
+
+
+async def crash(engine: Any) -> None:
+    """What a SIGKILL leaves of an engine's process: none of its loops, listeners
+    or workers run any more, and it says goodbye to nobody."""
+    engine.stopping.set()  # the loops end at their next turn, even mid-sleep
+    tasks = [*engine._tasks, *engine._workers]
+    if engine.listeners is not None:
+        tasks += [n.task for n in engine.listeners.nodes.values()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    engine._tasks, engine._workers = [], []

@@ -22,7 +22,7 @@ from service.models import Batch, Message
 from service.store.connections import connect
 from service.store.keyspace import Keyspace
 from service.tooling.cluster import LocalCluster
-from tests.helpers import fast_settings, wait_until
+from tests.helpers import crash, fast_settings, wait_until
 
 KS = Keyspace()
 
@@ -211,10 +211,7 @@ async def test_a_process_killed_while_owning_buckets(redis_cluster: LocalCluster
     async with engines(redis_cluster, bot, n=3) as running:
         await wait_until(lambda: all(len(e.ownership.owned) < KS.buckets for e in running))
         victim, survivors = running[0], running[1:]
-        for task in victim._tasks:  # a crash: no more heartbeats, no goodbye
-            task.cancel()
-        await asyncio.gather(*victim._tasks, return_exceptions=True)
-        victim._tasks = []
+        await crash(victim)  # no more heartbeats, listeners or workers
         await send(survivors, sent, 48, 0)
         lease_s = victim.settings.owner_lease_ms / 1000
         await wait_until(

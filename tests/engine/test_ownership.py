@@ -14,7 +14,7 @@ from collections import Counter
 
 from service.engine.engine import Engine
 from service.models import Message
-from tests.helpers import Collector, running_engine, wait_until
+from tests.helpers import Collector, crash, running_engine, wait_until
 
 BUCKETS = 16
 
@@ -80,10 +80,7 @@ async def test_a_dead_engine_loses_its_buckets_within_a_lease(redis_url: str) ->
         dead = await victim.__aenter__()
         try:
             await wait_until(lambda: shares_settled(survivor, dead))
-            for task in dead._tasks:  # a crash: no more heartbeats, no goodbye
-                task.cancel()
-            await asyncio.gather(*dead._tasks, return_exceptions=True)
-            dead._tasks = []
+            await crash(dead)  # no more heartbeats, listeners or workers
             # Chats of every bucket, some of them the dead engine's: all delivered.
             sent = await burst([survivor], 40, "orphan")
             lease_s = survivor.settings.owner_lease_ms / 1000
@@ -91,4 +88,4 @@ async def test_a_dead_engine_loses_its_buckets_within_a_lease(redis_url: str) ->
             await wait_until(lambda: delivered_once(collector, sent))
             assert {b.chat_id for b in collector.batches} >= set(sent)
         finally:
-            await victim.__aexit__(None, None, None)
+            await asyncio.wait_for(victim.__aexit__(None, None, None), 10)
