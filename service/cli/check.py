@@ -27,7 +27,7 @@ from rich.text import Text
 from service.cli.setup import add_redis_url, url_of, with_settings
 from service.settings import Settings
 from service.store.checks import Check, config_get, run_checks
-from service.store.connections import connect, create_redis, is_cluster, primary_urls
+from service.store.connections import connect, each_primary
 from service.store.keyspace import Keyspace, expired_channel
 
 PUBSUB_MIN_HARD_BYTES = 64 * 1024 * 1024
@@ -163,17 +163,14 @@ async def doctor(settings: Settings, console: Console) -> int:
         console.print(f"[bold red]FAIL[/] cannot reach {settings.redis_url_display}: {exc}")
         return 2
     try:
-        nodes = await primary_urls(client, url) if is_cluster(client) else {"": url}
         probes = _probe_node(client, settings)
         checks: list[Check] = []
-        for name, node_url in nodes.items():
-            node = create_redis(node_url) if name else client
-            try:
+        async with contextlib.aclosing(each_primary(client, url)) as primaries:
+            async for name, node in primaries:
                 found = await _node_checks(node, settings, probes=name in (probes, ""))
-            finally:
-                if name:
-                    await node.aclose()
-            checks += [replace(c, detail=f"{name}: {c.detail}") for c in found] if name else found
+                checks += (
+                    [replace(c, detail=f"{name}: {c.detail}") for c in found] if name else found
+                )
     except (RedisError, OSError, TimeoutError) as exc:
         console.print(f"[bold red]FAIL[/] cannot reach {settings.redis_url_display}: {exc}")
         return 2

@@ -40,6 +40,18 @@ class Reader:
         self.warn(_join(where, key), "is not a list; ignored")
         return []
 
+    def objects(self, parent: Obj | None, key: str) -> list[tuple[str, Obj]]:
+        """The objects of the list ``parent[key]``, each with its path; an item
+        that is not an object is warned about and left out."""
+        found = []
+        for i, item in enumerate(self.items(parent, key)):
+            where = f"{key}[{i}]"
+            if isinstance(item, dict):
+                found.append((where, item))
+            else:
+                self.warn(where, "is not an object; ignored")
+        return found
+
     def text(self, parent: Obj | None, key: str, where: str = "") -> str | None:
         """A non-empty string, else None (an empty string is no value)."""
         value = None if parent is None else parent.get(key)

@@ -64,11 +64,7 @@ class _Contact:
 
 def _contacts(r: Reader, value: Obj) -> list[_Contact]:
     found = []
-    for i, raw in enumerate(r.items(value, "contacts")):
-        where = f"contacts[{i}]"
-        if not isinstance(raw, dict):
-            r.warn(where, "is not an object; ignored")
-            continue
+    for where, raw in r.objects(value, "contacts"):
         profile = r.obj(raw, "profile", where)
         phone = r.text(raw, "wa_id", where)
         found.append(

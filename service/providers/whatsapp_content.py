@@ -93,11 +93,7 @@ def _coordinate(value: float) -> str:
 
 def _contacts(r: Reader, msg: Obj) -> Content:
     names = []
-    for i, card in enumerate(r.items(msg, "contacts")):
-        where = f"contacts[{i}]"
-        if not isinstance(card, dict):
-            r.warn(where, "is not an object; ignored")
-            continue
+    for where, card in r.objects(msg, "contacts"):
         name = r.obj(card, "name", where)
         full = first(
             r.text(name, "formatted_name", f"{where}.name"),

@@ -8,6 +8,7 @@ the ``redis.conf`` line that fixes it.
 from __future__ import annotations
 
 import logging
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -17,7 +18,7 @@ from redis.exceptions import RedisError, ResponseError
 from service.errors import ServerConfigError
 from service.logs import emit
 from service.settings import Settings
-from service.store.connections import create_redis, is_cluster, primary_urls
+from service.store.connections import each_primary
 
 logger = logging.getLogger(__name__)
 
@@ -186,13 +187,8 @@ async def ensure_primaries_ready(
 ) -> list[Check]:
     """``ensure_ready`` on a single server, or on every primary of a cluster
     (each check naming its node)."""
-    if not is_cluster(redis):
-        return await ensure_ready(redis, settings, log=log)
     checks: list[Check] = []
-    for name, node_url in (await primary_urls(redis, url)).items():
-        node = create_redis(node_url)
-        try:
+    async with aclosing(each_primary(redis, url)) as primaries:
+        async for name, node in primaries:
             checks += await ensure_ready(node, settings, log=log, node=name)
-        finally:
-            await node.aclose()
     return checks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -159,3 +160,18 @@ async def primary_urls(redis: Redis, url: str, *, refresh: bool = False) -> dict
     if refresh:
         await redis.nodes_manager.initialize()
     return {n.name: node_url(url, n.host, int(n.port)) for n in redis.get_primaries()}
+
+
+async def each_primary(redis: Redis, url: str) -> AsyncGenerator[tuple[str, Redis], None]:
+    """``("", redis)`` for a single server; for a cluster, each primary's name
+    ("host:port") and a client of its own, closed once the caller moves on.
+    Iterate it inside ``contextlib.aclosing``."""
+    if not isinstance(redis, RedisCluster):
+        yield "", redis
+        return
+    for name, node_url in (await primary_urls(redis, url)).items():
+        node = create_redis(node_url)
+        try:
+            yield name, node
+        finally:
+            await node.aclose()

@@ -112,15 +112,14 @@ async def snapshot(
     if errors := [e for e in first if isinstance(e, Exception)]:
         raise errors[0]
     now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
-    rejected, perrors, last_error = first[:3]
-    first = [None, None, *first[3:]]  # the per-bucket replies start at index 2
+    rejected, perrors, last_error, *per_bucket = first
 
     totals = [0, 0, 0]
     due: list[tuple[float, bytes, BucketKeys]] = []  # (score, chat id, its bucket)
     leases: list[tuple[float, bytes, BucketKeys]] = []
     dead: list[tuple[float, bytes, BucketKeys]] = []  # (-dead ms, batch id, its bucket)
     for n, bk in enumerate(buckets):
-        row = first[2 + 6 * n : 8 + 6 * n]
+        row = per_bucket[6 * n : 6 * n + 6]
         totals = [t + int(c) for t, c in zip(totals, row[:3], strict=True)]
         due += [(float(score), chat, bk) for chat, score in row[3]]
         leases += [(float(score), chat, bk) for chat, score in row[4]]

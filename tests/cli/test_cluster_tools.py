@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
+from rich.console import Console
+
+from service.cli.check import doctor
 from service.engine.engine import Engine
 from service.models import Batch, Message
 from service.store.chats import Chats
@@ -42,3 +47,12 @@ async def test_views_read_every_primary(redis_cluster: LocalCluster) -> None:
     finally:
         await engine.stop()
         await client.aclose()
+
+
+async def test_check_names_every_primary(redis_cluster: LocalCluster) -> None:
+    out = Console(record=True, width=240, file=io.StringIO())
+    code = await doctor(fast_settings(redis_cluster.url), out)
+    text = out.export_text()
+    assert code in (0, 1), text  # warnings (e.g. appendfsync) are fine; no failure
+    for primary in redis_cluster.primaries():
+        assert f"127.0.0.1:{primary.port}: " in text
