@@ -34,7 +34,7 @@ if TYPE_CHECKING:
         RedisUnavailable,
         ServerConfigError,
     )
-    from service.models import AddResult, Batch, Message
+    from service.models import AddResult, Batch, Message, TypingResult
     from service.settings import Settings
 
 # Where each public name lives. Loaded on first use, so that a command that
@@ -53,6 +53,7 @@ _HOMES = {
     "Batch": "service.models",
     "Message": "service.models",
     "Settings": "service.settings",
+    "TypingResult": "service.models",
 }
 
 
@@ -72,4 +73,5 @@ __all__ = [
     "RedisUnavailable",
     "ServerConfigError",
     "Settings",
+    "TypingResult",
 ]

@@ -13,6 +13,8 @@ from typing import Any
 LEVELS = {
     "appended": logging.DEBUG,  # one per message: quiet in production
     "duplicate": logging.DEBUG,
+    "typing": logging.DEBUG,  # a typing event held an open batch
+    "paused": logging.DEBUG,  # ... and a pause put it back on the idle timer
     "edited": logging.INFO,  # an edit applied to a message of the open batch
     "revoked": logging.INFO,  # a revoke took a message out of the open batch
     "emptied": logging.INFO,  # ... and it was the batch's last: never delivered

@@ -232,3 +232,21 @@ class AddResult:
     @property
     def flush_in_ms(self) -> int:
         return max(self.deadline_ms - self.now_ms, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class TypingResult:
+    """What ``Batcher.typing`` did with one typing (or paused) event."""
+
+    chat_id: str
+    # "no_batch": nothing open, nothing done (typing never opens a batch);
+    # "held": the open batch now waits until ``deadline_ms``; "released": a
+    # pause brought a typing hold back to the idle timer; "unchanged": the
+    # batch already waits longer, or is full, held by an operator or flushed.
+    outcome: str
+    deadline_ms: int  # the open batch's deadline (0 without one)
+    now_ms: int  # Redis time of the event
+
+    @property
+    def flush_in_ms(self) -> int:
+        return max(self.deadline_ms - self.now_ms, 0) if self.deadline_ms else 0

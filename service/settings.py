@@ -12,6 +12,16 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Provider webhooks, and the settings that must be set before each one is
+# served on a non-loopback address.
+PROVIDERS: dict[str, tuple[str, ...]] = {
+    "whatsapp": ("whatsapp_app_secret",),
+    "twilio": ("twilio_auth_token", "public_url"),
+    "evolution": ("evolution_api_key",),
+    "waha": ("waha_hmac_key",),
+    "telegram": ("telegram_secret_token",),
+}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -71,6 +81,12 @@ class Settings(BaseSettings):
         ge=0,
         description="A message id seen within this window is a duplicate (0 disables).",
     )
+    typing_ms: int = Field(
+        default=8_000,
+        gt=0,
+        description="How long a typing event holds an open batch (each event re-arms it; "
+        "never beyond BATCHER_MAX_WAIT_MS). A paused presence goes back to BATCHER_IDLE_MS.",
+    )
 
     # --- Delivery --------------------------------------------------------
     handler: str | None = Field(default=None, description="module:function called with each batch.")
@@ -124,13 +140,26 @@ class Settings(BaseSettings):
         description="WhatsApp group messages: one batch per group, or per member (each "
         "member's own chat).",
     )
+    providers: str = Field(
+        default=",".join(PROVIDERS),
+        description="The provider webhooks served (comma-separated); the others answer 404. "
+        "On a non-loopback host each one needs its secret.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The service's base URL as the outside world calls it (Twilio signs it).",
+    )
+    twilio_auth_token: SecretStr | None = None
+    evolution_api_key: SecretStr | None = None
+    waha_hmac_key: SecretStr | None = None
+    telegram_secret_token: SecretStr | None = None
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token of the admin endpoints (/v1/chats/...); unset: they answer 404.",
     )
     insecure_dev: bool = Field(
         default=False,
-        description="Allow serving on a non-loopback host without BATCHER_WHATSAPP_APP_SECRET.",
+        description="Allow serving on a non-loopback host with providers' secrets unset.",
     )
 
     # --- Console / embedded server ---------------------------------------
@@ -157,11 +186,21 @@ class Settings(BaseSettings):
             raise ValueError("BATCHER_RETRY_BASE_MS must not exceed BATCHER_RETRY_MAX_MS")
         if self.listener_dead_ms <= self.listener_ping_ms:
             raise ValueError("BATCHER_LISTENER_DEAD_MS must exceed BATCHER_LISTENER_PING_MS")
+        unknown = self.enabled_providers - set(PROVIDERS)
+        if unknown:
+            raise ValueError(
+                f"BATCHER_PROVIDERS names unknown providers {sorted(unknown)}; "
+                f"known: {', '.join(PROVIDERS)}"
+            )
         if self.redis_url is not None:
             scheme = urlsplit(self.redis_url.get_secret_value()).scheme
             if scheme not in ("redis", "rediss", "unix"):
                 raise ValueError("BATCHER_REDIS_URL must start with redis://, rediss:// or unix://")
         return self
+
+    @property
+    def enabled_providers(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.providers.split(",") if p.strip())
 
     def serving_problem(self) -> str | None:
         """Why ``serve`` must not start with these settings, if it must not.
@@ -170,13 +209,23 @@ class Settings(BaseSettings):
         any other address anybody could inject messages into any chat.
         """
         loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
-        if not loopback and self.whatsapp_app_secret is None and not self.insecure_dev:
-            return (
-                f"refusing to serve on {self.host} without BATCHER_WHATSAPP_APP_SECRET: "
-                "webhooks would be accepted unsigned. Set the app secret, or "
-                "BATCHER_INSECURE_DEV=1 for a throwaway development setup."
-            )
-        return None
+        if loopback or self.insecure_dev:
+            return None
+        unset = [
+            f"BATCHER_{name.upper()}"
+            for provider in PROVIDERS
+            if provider in self.enabled_providers
+            for name in PROVIDERS[provider]
+            if getattr(self, name) is None
+        ]
+        if not unset:
+            return None
+        return (
+            f"refusing to serve on {self.host} without {', '.join(unset)}: those "
+            "webhooks would be accepted unchecked. Set them, leave their providers out "
+            "of BATCHER_PROVIDERS, or set BATCHER_INSECURE_DEV=1 for a throwaway "
+            "development setup."
+        )
 
     @property
     def redis_url_display(self) -> str:

@@ -32,6 +32,8 @@ CHAT_WIDTH = 22
 STYLES: dict[str, tuple[str, str]] = {
     "appended": ("+", "cyan"),
     "duplicate": ("=", "dim"),
+    "typing": ("…", "dim cyan"),
+    "paused": ("…", "dim"),
     "edited": ("~", "cyan"),
     "revoked": ("-", "cyan"),
     "emptied": ("-", "cyan"),
@@ -128,6 +130,8 @@ def _fields(event: str, f: dict[str, Any]) -> str:
             f"  max wait {duration(f['max_wait_left_ms'])}"
         ),
         "duplicate": lambda f: f"id={f['id']}",
+        "typing": lambda f: f"typing  flush in {duration(f['flush_in_ms'])}",
+        "paused": lambda f: f"stopped typing  flush in {duration(f['flush_in_ms'])}",
         "edited": lambda f: f"id={f['id']}  size={f['size']}",
         "revoked": lambda f: f"id={f['id']}  size={f['size']}",
         "ownership": lambda f: (

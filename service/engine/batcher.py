@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from service.engine.coalescer import Coalescer
 from service.errors import BatcherError, InvalidMessage, MessageTooLarge, RedisUnavailable
 from service.logs import emit
-from service.models import AddResult, Message, message_prefix
+from service.models import AddResult, Message, TypingResult, message_prefix
 from service.settings import Settings
 from service.store.keyspace import Keyspace, seen_member
 from service.store.runner import Call
@@ -30,6 +30,7 @@ MAX_CHAT_ID_BYTES = 4096
 # append script applies them to it while it is still in the open batch.
 CHANGES = frozenset(("edit", "revoke"))
 _OUTCOMES = {0: "duplicate", 1: "appended", 2: "edited", 3: "revoked", 4: "emptied"}
+_TYPING = {0: "no_batch", 1: "held", 2: "released", 3: "unchanged"}
 
 
 def new_id() -> str:
@@ -69,6 +70,41 @@ class Batcher:
         """Like ``add_many``, but an invalid message comes back in its place,
         as the error, and costs the others nothing."""
         return await self._send(self._prepare(items))
+
+    async def typing(self, chat_id: str, *, typing: bool = True) -> TypingResult:
+        """The user is typing in ``chat_id`` (``typing=False``: stopped).
+
+        Typing holds the chat's open batch for BATCHER_TYPING_MS more (never
+        beyond its max wait); stopping puts it back on the idle timer. With
+        no open batch nothing happens: typing alone never opens one.
+        """
+        return (await self.typing_many([(chat_id, typing)]))[0]
+
+    async def typing_many(self, events: Sequence[tuple[str, bool]]) -> list[TypingResult]:
+        """Several typing events in one round trip, applied in order."""
+        calls = []
+        for chat_id, typing in events:
+            if not isinstance(chat_id, str) or not chat_id:
+                raise InvalidMessage("chat_id must be a non-empty string")
+            try:
+                calls.append(self.scripts.typing_call(self.keys.chat(chat_id), typing=typing))
+            except UnicodeEncodeError as exc:
+                raise InvalidMessage("chat_id is not valid Unicode text") from exc
+        try:
+            raws = await self.coalescer.run(calls) if calls else []
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis did not take the typing events: {exc}") from exc
+        results = []
+        for (chat_id, typing), raw in zip(events, raws, strict=True):
+            if isinstance(raw, Exception):
+                raise RedisUnavailable(f"Redis did not take the typing event: {raw}") from raw
+            r = Scripts.parse_typing(raw)
+            result = TypingResult(chat_id, _TYPING[r.status], r.deadline_ms, r.now_ms)
+            results.append(result)
+            if result.outcome in ("held", "released"):
+                event = "typing" if typing else "paused"
+                emit(log, event, chat=chat_id, flush_in_ms=result.flush_in_ms)
+        return results
 
     def _prepare(
         self, items: Sequence[tuple[str, Message | str]]

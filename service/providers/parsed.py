@@ -54,3 +54,9 @@ class ParsedWebhook:
     errors: list[ProviderError] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     skipped: int = 0  # events acknowledged but not batched (account events, echoes)
+    # (chat_id, True: typing / False: stopped), applied after the messages
+    typing: list[tuple[str, bool]] = field(default_factory=list)
+
+
+class BadPayload(ValueError):
+    """The request as a whole cannot be read (answered 400; nothing stored)."""

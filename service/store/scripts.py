@@ -27,6 +27,7 @@ LEASE = Script.load("lease")
 REDELIVER = Script.load("redeliver")
 NUDGE = Script.load("nudge")
 SCAN = Script.load("scan")
+TYPING = Script.load("typing")
 
 # --- typed results ---------------------------------------------------------
 
@@ -38,6 +39,13 @@ class Appended:
     count: int
     now_ms: int
     opened_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Typed:
+    status: int  # see typing.lua: 0 no open batch, 1 later, 2 earlier, 3 unchanged
+    deadline_ms: int
+    now_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +139,26 @@ class Scripts:
     @staticmethod
     def parse_append(raw: Any) -> Appended:
         return Appended(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), int(raw[4]))
+
+    def typing_call(self, ck: ChatKeys, *, typing: bool) -> Call:
+        b, s = ck.bucket, self.settings
+        return (
+            TYPING,
+            (ck.buf, ck.timer, ck.meta, b.due),
+            (
+                ck.chat_id,
+                "typing" if typing else "paused",
+                s.typing_ms,
+                s.idle_ms,
+                s.max_wait_ms,
+                s.max_messages,
+                s.max_batch_bytes,
+            ),
+        )
+
+    @staticmethod
+    def parse_typing(raw: Any) -> Typed:
+        return Typed(int(raw[0]), int(raw[1]), int(raw[2]))
 
     def claim_call(
         self,

@@ -17,7 +17,7 @@ from service.engine.forward import HttpForwarder
 from service.engine.handlers import ConsoleHandler, Handler, load_handler
 from service.settings import Settings
 from service.store.connections import connect
-from service.web import admin, generic, ops, whatsapp
+from service.web import admin, evolution, generic, ops, telegram, twilio, waha, whatsapp
 from service.web.state import AppState
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,13 @@ def create_app(
     routes = [
         Route("/webhooks/whatsapp", whatsapp.verify, methods=["GET"]),
         Route("/webhooks/whatsapp", whatsapp.receive, methods=["POST"]),
+        Route("/webhooks/twilio", twilio.receive, methods=["POST"]),
+        Route("/webhooks/evolution", evolution.receive, methods=["POST"]),
+        Route("/webhooks/evolution/{event}", evolution.receive, methods=["POST"]),
+        Route("/webhooks/waha", waha.receive, methods=["POST"]),
+        Route("/webhooks/telegram", telegram.receive, methods=["POST"]),
         Route("/v1/messages", generic.post_messages, methods=["POST"]),
+        Route("/v1/typing", generic.post_typing, methods=["POST"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
         Route("/metrics", ops.metrics, methods=["GET"]),

@@ -1,10 +1,15 @@
-"""``POST /v1/messages``: the generic adapter (web chat, Telegram bridges, tests).
+"""``POST /v1/messages`` and ``POST /v1/typing``: the generic adapter (web
+chat, custom bridges, tests).
 
-Body: one message object, or ``{"messages": [...]}``. Each message:
-``{"chat_id": str, "id": str?, "text": str?, "sent_at": float?, "data": any?}``.
-Answers 202 ``{"accepted": n, "duplicates": m}`` once every message is stored;
-422 naming the bad field; 503 when Redis cannot take them (retry: ids make
-retries idempotent).
+``/v1/messages`` body: one message object, or ``{"messages": [...]}``. Each
+message: ``{"chat_id": str, "id": str?, "text": str?, "sent_at": float?,
+"data": any?}``. Answers 202 ``{"accepted": n, "duplicates": m}`` once every
+message is stored; 422 naming the bad field; 503 when Redis cannot take them
+(retry: ids make retries idempotent).
+
+``/v1/typing`` body: ``{"chat_id": str, "typing": bool = true}``: the user is
+typing (or stopped). Answers 200 ``{"outcome": …, "flush_in_ms": n}`` (see
+``Batcher.typing``); 422, 503 as above.
 """
 
 from __future__ import annotations
@@ -38,6 +43,13 @@ class InMessage(BaseModel):
     text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     sent_at: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     data: Data = None
+
+
+class InTyping(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    chat_id: str = Field(min_length=1, max_length=1024)
+    typing: bool = True
 
 
 class InMessages(BaseModel):
@@ -105,3 +117,36 @@ async def post_messages(request: Request) -> Response:
     stats.messages.labels("api", "duplicate").inc(len(results) - accepted)
     stats.requests.labels("generic", "202").inc()
     return JSONResponse({"accepted": accepted, "duplicates": len(results) - accepted}, 202)
+
+
+async def post_typing(request: Request) -> Response:
+    state = app_state(request)
+    stats = state.stats
+
+    def answer(status: int, response: Response) -> Response:
+        stats.requests.labels("typing", str(status)).inc()
+        return response
+
+    try:
+        doc = parse_json(await read_body(request))
+    except BodyTooLarge:
+        return answer(413, too_large())
+    except ValueError as exc:
+        return answer(400, error(400, str(exc)))
+    try:
+        event = InTyping.model_validate(doc)
+    except ValidationError as exc:
+        body = {"error": "invalid typing event", "fields": _field_errors(exc)}
+        return answer(422, JSONResponse(body, 422))
+    try:
+        result = await state.batcher.typing(event.chat_id, typing=event.typing)
+    except InvalidMessage as exc:
+        body = {
+            "error": "invalid typing event",
+            "fields": [{"field": "chat_id", "error": str(exc)}],
+        }
+        return answer(422, JSONResponse(body, 422))
+    except RedisUnavailable as exc:
+        return answer(503, unavailable(str(exc)))
+    stats.messages.labels("api", "typing").inc()
+    return answer(200, JSONResponse({"outcome": result.outcome, "flush_in_ms": result.flush_in_ms}))

@@ -1,4 +1,4 @@
-"""Storing what a provider's webhook carried: messages, rejects, provider errors.
+"""Storing what a provider's webhook carried: messages, rejects, provider errors, typing.
 
 Shared by the provider endpoints. Every part of a POST is stored before the
 endpoint answers 2xx: the messages (appended to their chats), the messages no
@@ -15,7 +15,7 @@ import logging
 
 from redis.exceptions import RedisError
 
-from service.errors import BatcherError, RedisUnavailable
+from service.errors import BatcherError, InvalidMessage, RedisUnavailable
 from service.logs import emit
 from service.models import AddResult
 from service.providers.parsed import ParsedWebhook, Rejected
@@ -45,6 +45,13 @@ async def store_parsed(state: AppState, source: str, parsed: ParsedWebhook) -> l
                 stats.messages.labels(source, _OUTCOME.get(got.outcome, got.outcome)).inc()
     if rejected or parsed.errors:
         await _store_aside(state, source, rejected, parsed)
+    if parsed.typing:
+        try:
+            await state.batcher.typing_many(parsed.typing)
+        except InvalidMessage as exc:  # typing is advisory: nothing to keep
+            log.debug("typing events of %s ignored: %s", source, exc)
+        else:
+            stats.messages.labels(source, "typing").inc(len(parsed.typing))
     return results
 
 

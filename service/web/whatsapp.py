@@ -15,20 +15,11 @@ import hmac
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from service.errors import RedisUnavailable
+from service.providers.parsed import BadPayload, ParsedWebhook
 from service.providers.whatsapp import parse_webhook, signature_valid
-from service.web.body import (
-    MAX_MESSAGES_PER_POST,
-    BodyTooLarge,
-    error,
-    parse_json,
-    read_body,
-    refused,
-    too_large,
-    unavailable,
-)
-from service.web.inbound import store_parsed
-from service.web.state import app_state
+from service.web.body import parse_json, refused
+from service.web.state import AppState, app_state
+from service.web.webhook import Refusal, Webhook
 
 ENDPOINT = "whatsapp"
 
@@ -51,40 +42,23 @@ async def verify(request: Request) -> Response:
     return PlainTextResponse("forbidden", status_code=403)
 
 
-async def receive(request: Request) -> Response:
-    state = app_state(request)
-    stats = state.stats
+def check(state: AppState, request: Request, body: bytes) -> Refusal | None:
     secret = state.settings.whatsapp_app_secret
-
-    def answer(status: int, response: Response) -> Response:
-        stats.requests.labels(ENDPOINT, str(status)).inc()
-        return response
-
-    try:
-        body = await read_body(request)
-    except BodyTooLarge:
-        return answer(413, too_large())
     if secret is not None and not signature_valid(
         secret.get_secret_value().encode(), body, request.headers.get("x-hub-signature-256")
     ):
-        refused(ENDPOINT, 401, "missing or invalid X-Hub-Signature-256")
-        return answer(401, error(401, "missing or invalid X-Hub-Signature-256"))
+        return Refusal(401, "missing or invalid X-Hub-Signature-256")
+    return None
+
+
+def parse(state: AppState, request: Request, body: bytes) -> ParsedWebhook:
     try:
         doc = parse_json(body)
     except ValueError as exc:
-        return answer(400, error(400, str(exc)))
+        raise BadPayload(str(exc)) from None
     if not isinstance(doc, dict):
-        return answer(400, error(400, "the body must be a JSON object"))
-    parsed = parse_webhook(doc, per_member_groups=state.settings.whatsapp_groups == "member")
-    if len(parsed.messages) > MAX_MESSAGES_PER_POST:  # Meta sends at most 1000 updates
-        stats.messages.labels(ENDPOINT, "too_many").inc(len(parsed.messages))
-        return answer(413, error(413, f"more than {MAX_MESSAGES_PER_POST} messages in one request"))
-    try:
-        await store_parsed(state, ENDPOINT, parsed)
-    except RedisUnavailable as exc:
-        return answer(503, unavailable(str(exc)))
-    if parsed.statuses:  # counted once stored: a retried POST is not counted twice
-        stats.messages.labels(ENDPOINT, "status").inc(parsed.statuses)
-    if parsed.skipped:
-        stats.messages.labels(ENDPOINT, "skipped").inc(parsed.skipped)
-    return answer(200, PlainTextResponse("OK"))
+        raise BadPayload("the body must be a JSON object")
+    return parse_webhook(doc, per_member_groups=state.settings.whatsapp_groups == "member")
+
+
+receive = Webhook(ENDPOINT, check, parse).receive

@@ -29,21 +29,43 @@ def sign(body: bytes, secret: str = APP_SECRET) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("host", "secret", "insecure", "refused"),
+    ("host", "secret", "insecure", "providers", "refused"),
     [
-        ("127.0.0.1", None, False, False),
-        ("localhost", None, False, False),
-        ("0.0.0.0", None, False, True),
-        ("10.1.2.3", None, False, True),
-        ("0.0.0.0", "s", False, False),
-        ("0.0.0.0", None, True, False),
+        ("127.0.0.1", None, False, None, False),
+        ("localhost", None, False, None, False),
+        ("0.0.0.0", None, False, None, True),
+        ("10.1.2.3", None, False, "whatsapp", True),
+        ("0.0.0.0", "s", False, "whatsapp", False),
+        ("0.0.0.0", "s", False, None, True),  # the other providers' secrets are unset
+        ("0.0.0.0", None, False, "telegram", True),
+        ("0.0.0.0", None, True, None, False),
     ],
 )
-def test_unsigned_webhooks_only_on_loopback(
-    host: str, secret: str | None, insecure: bool, refused: bool
+def test_unchecked_webhooks_only_on_loopback(
+    host: str, secret: str | None, insecure: bool, providers: str | None, refused: bool
 ) -> None:
-    s = Settings(host=host, whatsapp_app_secret=secret, insecure_dev=insecure)
+    extra = {"providers": providers} if providers is not None else {}
+    s = Settings(host=host, whatsapp_app_secret=secret, insecure_dev=insecure, **extra)
     assert (s.serving_problem() is not None) == refused
+
+
+def test_every_unset_secret_is_named() -> None:
+    s = Settings(host="0.0.0.0", whatsapp_app_secret="s", providers="whatsapp,twilio,waha")
+    problem = s.serving_problem() or ""
+    assert "BATCHER_TWILIO_AUTH_TOKEN" in problem and "BATCHER_PUBLIC_URL" in problem
+    assert "BATCHER_WAHA_HMAC_KEY" in problem and "WHATSAPP" not in problem
+    s = Settings(
+        host="0.0.0.0",
+        providers="twilio",
+        twilio_auth_token="t",
+        public_url="https://bot.example.com",
+    )
+    assert s.serving_problem() is None
+
+
+def test_unknown_providers_are_refused() -> None:
+    with pytest.raises(ValueError, match="telegramm"):
+        Settings(providers="whatsapp,telegramm")
 
 
 async def test_a_replayed_signed_body_is_not_delivered_twice(redis_url: str) -> None:
