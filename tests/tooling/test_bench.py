@@ -19,6 +19,7 @@ from service.tooling.bench.ingest import IngestOptions, benchmark_command, parse
 from service.tooling.bench.lag import LagOptions, run_lag
 from service.tooling.bench.memory import run_memory
 from service.tooling.bench.scale import ScaleOptions, run_scale
+from service.tooling.bench.typist import TypistOptions, run_typist
 
 
 def console() -> Console:
@@ -138,6 +139,20 @@ async def test_memory_and_idle_cpu(redis_url: str) -> None:
     assert isinstance(cpu, dict) and len(cpu) == 2
     assert all(0 <= v < 100 for v in cpu.values())
     assert "bytes per batch" in text(out)
+
+
+async def test_typing_events_keep_a_slow_typist_in_one_batch(redis_url: str) -> None:
+    """Every gap is longer than the idle timeout: without typing events each
+    message is a batch of its own; with them, each user's messages are one."""
+    opts = TypistOptions(
+        users=6, messages=3, idle_ms=80, typing_ms=400, typing_min_ms=300, typing_max_ms=340
+    )
+    out = console()
+    without, with_typing = await run_typist(opts, redis_url, out)
+    assert (without.variant, without.split, without.batches_per_user) == ("no typing events", 6, 3)
+    assert (with_typing.split, with_typing.batches_per_user) == (0, 1)
+    assert without.lost == with_typing.lost == 0
+    assert "split rate" in text(out)
 
 
 async def test_scale_every_process_hears_every_event_one_claims(redis_url: str) -> None:

@@ -70,3 +70,41 @@ async def test_redis_down_answers_503(redis_factory, redis_url: str) -> None:  #
         server.start()
         r = await client.post("/v1/messages", json={"chat_id": "c", "text": "x"})
         assert r.status_code == 202
+
+
+# --- POST /v1/typing ---------------------------------------------------------------------
+
+
+async def test_typing_holds_the_open_batch_and_a_pause_releases_it(redis_url: str) -> None:
+    collector = Collector()
+    async with app_client(redis_url, collector, typing_ms=60_000) as (client, engine):
+        r = await client.post("/v1/typing", json={"chat_id": "web:t"})
+        assert (r.status_code, r.json()) == (200, {"outcome": "no_batch", "flush_in_ms": 0})
+        await client.post("/v1/messages", json={"chat_id": "web:t", "id": "a", "text": "one"})
+        r = await client.post("/v1/typing", json={"chat_id": "web:t", "typing": True})
+        assert r.json()["outcome"] == "held" and r.json()["flush_in_ms"] > 1_000
+        await client.post("/v1/messages", json={"chat_id": "web:t", "id": "b", "text": "two"})
+        r = await client.post("/v1/typing", json={"chat_id": "web:t"})  # typing on
+        assert r.json()["outcome"] == "held"
+        assert not collector.batches  # held for a minute: only the pause can end it early
+        r = await client.post("/v1/typing", json={"chat_id": "web:t", "typing": False})
+        assert r.json()["outcome"] == "released"
+        await collector.wait_messages(2)
+        text = (await client.get("/metrics")).text
+    assert collector.texts("web:t") == ["one", "two"]
+    assert len(collector.batches) == 1
+    assert 'batcher_messages_total{outcome="typing",source="api"} 4.0' in text
+
+
+async def test_typing_validation_and_redis_down(redis_factory, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    server = redis_factory()
+    async with app_client(server.url, Collector()) as (client, _engine):
+        r = await client.post("/v1/typing", json={"typing": True})
+        assert r.status_code == 422 and r.json()["fields"][0]["field"] == "chat_id"
+        r = await client.post("/v1/typing", json={"chat_id": "c", "typing": "maybe"})
+        assert r.status_code == 422 and r.json()["fields"][0]["field"] == "typing"
+        r = await client.post("/v1/typing", content=b"{")
+        assert r.status_code == 400
+        server.stop()
+        r = await client.post("/v1/typing", json={"chat_id": "c"})
+        assert r.status_code == 503 and r.headers["retry-after"]

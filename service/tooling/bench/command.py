@@ -108,7 +108,15 @@ def register(sub: Any) -> None:
         "--cluster", action="store_true", help="a local Redis Cluster of 3 primaries"
     )
 
-    for p in (lag, ingest, http, memory, idle, scale):
+    typing = scenarios.add_parser(
+        "typing", help="split rate of slow typists with and without typing events"
+    )
+    typing.add_argument("--users", type=int, default=200)
+    typing.add_argument("--messages", type=int, default=4, help="per user")
+    typing.add_argument("--idle-ms", type=int, default=300)
+    typing.add_argument("--typing-ms", type=int, default=600, help="BATCHER_TYPING_MS")
+
+    for p in (lag, ingest, http, memory, idle, scale, typing):
         p.add_argument("--json", dest="json_path", help="write the figures here")
         if p is not http:
             p.add_argument("--redis-url", help="use this server (default: start one)")
@@ -178,6 +186,13 @@ def _run_scenario(args: argparse.Namespace) -> None:
         from service.tooling.bench.memory import idle_main
 
         idle_main(args.open, args.seconds, args.redis_url, args.json_path, cluster=args.cluster)
+    elif args.scenario == "typing":
+        from service.tooling.bench.typist import TypistOptions, typist_main
+
+        typist = TypistOptions(
+            users=args.users, messages=args.messages, idle_ms=args.idle_ms, typing_ms=args.typing_ms
+        )
+        typist_main(typist, args.redis_url, args.json_path)
     else:
         from service.tooling.bench.scale import ScaleOptions, scale_main
 
