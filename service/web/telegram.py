@@ -1,10 +1,21 @@
-"""The telegram webhook (being written)."""
+"""The Telegram Bot API webhook (setWebhook): ``POST`` one Update per request.
+
+``POST`` answers 200 only once what the Update carried is stored in Redis;
+Telegram repeats an update answered otherwise (503 when Redis cannot take
+it), and message ids make its repeats idempotent. The secret token
+(``X-Telegram-Bot-Api-Secret-Token``, set with setWebhook's
+``secret_token``) is checked before the body is parsed; without
+``BATCHER_TELEGRAM_SECRET_TOKEN`` the check is skipped (loopback only). A
+body that is not a JSON object is answered 400.
+"""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
 from service.providers.parsed import BadPayload, ParsedWebhook
+from service.providers.telegram import HEADER, parse_update, secret_token_valid
+from service.web.body import parse_json
 from service.web.state import AppState
 from service.web.webhook import Refusal, Webhook
 
@@ -12,11 +23,22 @@ ENDPOINT = "telegram"
 
 
 def check(state: AppState, request: Request, body: bytes) -> Refusal | None:
-    return Refusal(403, "not implemented yet")
+    secret = state.settings.telegram_secret_token
+    if secret is not None and not secret_token_valid(
+        secret.get_secret_value().encode(), request.headers.get(HEADER)
+    ):
+        return Refusal(401, f"missing or invalid {HEADER}")
+    return None
 
 
 def parse(state: AppState, request: Request, body: bytes) -> ParsedWebhook:
-    raise BadPayload("not implemented yet")
+    try:
+        doc = parse_json(body)
+    except ValueError as exc:
+        raise BadPayload(str(exc)) from None
+    if not isinstance(doc, dict):
+        raise BadPayload("the body must be a JSON object (one Update)")
+    return parse_update(doc)
 
 
 receive = Webhook(ENDPOINT, check, parse).receive

@@ -30,9 +30,7 @@ async def keep_typing(engine: Engine, collector: Collector, for_s: float) -> Non
 
 async def test_a_typing_user_keeps_the_batch_open_until_the_typing_stops(redis_url: str) -> None:
     collector = Collector()
-    async with running_engine(
-        redis_url, collector, idle_ms=IDLE_MS, typing_ms=TYPING_MS
-    ) as engine:
+    async with running_engine(redis_url, collector, idle_ms=IDLE_MS, typing_ms=TYPING_MS) as engine:
         await engine.batcher.add(CHAT, "I was thinking")
         await keep_typing(engine, collector, 0.6)  # 4 x the idle timeout
         await engine.batcher.add(CHAT, "about the trip")

@@ -77,7 +77,7 @@ async def test_redis_down_answers_503(redis_factory, redis_url: str) -> None:  #
 
 async def test_typing_holds_the_open_batch_and_a_pause_releases_it(redis_url: str) -> None:
     collector = Collector()
-    async with app_client(redis_url, collector, typing_ms=60_000) as (client, engine):
+    async with app_client(redis_url, collector, typing_ms=60_000) as (client, _engine):
         r = await client.post("/v1/typing", json={"chat_id": "web:t"})
         assert (r.status_code, r.json()) == (200, {"outcome": "no_batch", "flush_in_ms": 0})
         await client.post("/v1/messages", json={"chat_id": "web:t", "id": "a", "text": "one"})
