@@ -1,10 +1,19 @@
-"""The waha webhook (being written)."""
+"""The WAHA webhook: ``POST`` one event per request.
+
+``POST`` answers 200 only once what the event carried is stored in Redis
+(503 when Redis cannot take it: WAHA retries); message ids make its retries
+idempotent. With ``BATCHER_WAHA_HMAC_KEY`` set, ``X-Webhook-Hmac`` (hex
+HMAC-SHA512 of the raw body) is checked before the body is parsed. A body
+that is not a JSON object is answered 400.
+"""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
 from service.providers.parsed import BadPayload, ParsedWebhook
+from service.providers.waha import ALGORITHM_HEADER, HMAC_HEADER, parse_event, signature_valid
+from service.web.body import parse_json
 from service.web.state import AppState
 from service.web.webhook import Refusal, Webhook
 
@@ -12,11 +21,25 @@ ENDPOINT = "waha"
 
 
 def check(state: AppState, request: Request, body: bytes) -> Refusal | None:
-    return Refusal(403, "not implemented yet")
+    key = state.settings.waha_hmac_key
+    if key is not None and not signature_valid(
+        key.get_secret_value().encode(),
+        body,
+        request.headers.get(HMAC_HEADER),
+        request.headers.get(ALGORITHM_HEADER),
+    ):
+        return Refusal(401, "missing or invalid X-Webhook-Hmac (HMAC-SHA512 of the body)")
+    return None
 
 
 def parse(state: AppState, request: Request, body: bytes) -> ParsedWebhook:
-    raise BadPayload("not implemented yet")
+    try:
+        doc = parse_json(body)
+    except ValueError as exc:
+        raise BadPayload(str(exc)) from None
+    if not isinstance(doc, dict):
+        raise BadPayload("the body must be a JSON object (one WAHA event)")
+    return parse_event(doc)
 
 
 receive = Webhook(ENDPOINT, check, parse).receive
