@@ -24,10 +24,9 @@ from typing import Any
 from starlette.requests import Request
 
 from service.providers.evolution import parse_webhook
-from service.providers.parsed import BadPayload, ParsedWebhook
-from service.web.body import parse_json
+from service.providers.parsed import ParsedWebhook
 from service.web.state import AppState
-from service.web.webhook import Refusal, Webhook
+from service.web.webhook import Refusal, Webhook, json_object
 
 ENDPOINT = "evolution"
 JWT_LEEWAY_S = 60  # clock skew allowed past a JWT's ``exp``
@@ -122,12 +121,7 @@ def check(state: AppState, request: Request, body: bytes) -> Refusal | None:
 
 
 def parse(state: AppState, request: Request, body: bytes) -> ParsedWebhook:
-    try:
-        doc = parse_json(body)
-    except ValueError as exc:
-        raise BadPayload(str(exc)) from None
-    if not isinstance(doc, dict):
-        raise BadPayload("the body must be a JSON object")
+    doc = json_object(body, "a JSON object")
     return parse_webhook(doc, event_hint=request.path_params.get("event"))
 
 

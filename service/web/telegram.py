@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from service.providers.parsed import BadPayload, ParsedWebhook
+from service.providers.parsed import ParsedWebhook
 from service.providers.telegram import HEADER, parse_update, secret_token_valid
-from service.web.body import parse_json
 from service.web.state import AppState
-from service.web.webhook import Refusal, Webhook
+from service.web.webhook import Refusal, Webhook, json_object
 
 ENDPOINT = "telegram"
 
@@ -32,12 +31,7 @@ def check(state: AppState, request: Request, body: bytes) -> Refusal | None:
 
 
 def parse(state: AppState, request: Request, body: bytes) -> ParsedWebhook:
-    try:
-        doc = parse_json(body)
-    except ValueError as exc:
-        raise BadPayload(str(exc)) from None
-    if not isinstance(doc, dict):
-        raise BadPayload("the body must be a JSON object (one Update)")
+    doc = json_object(body, "a JSON object (one Update)")
     return parse_update(doc)
 
 

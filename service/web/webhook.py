@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -24,6 +25,7 @@ from service.web.body import (
     MAX_MESSAGES_PER_POST,
     BodyTooLarge,
     error,
+    parse_json,
     read_body,
     refused,
     too_large,
@@ -43,6 +45,17 @@ class Refusal:
 Check = Callable[[AppState, Request, bytes], Refusal | None]
 # parse(state, request, raw body) -> what it carried; BadPayload -> 400
 Parse = Callable[[AppState, Request, bytes], ParsedWebhook]
+
+
+def json_object(body: bytes, what: str = "a JSON object") -> dict[str, Any]:
+    """The body as a JSON object, else BadPayload (400) saying what it must be."""
+    try:
+        doc = parse_json(body)
+    except ValueError as exc:
+        raise BadPayload(str(exc)) from None
+    if not isinstance(doc, dict):
+        raise BadPayload(f"the body must be {what}")
+    return doc
 
 
 def ok() -> Response:

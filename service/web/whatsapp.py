@@ -15,11 +15,11 @@ import hmac
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from service.providers.parsed import BadPayload, ParsedWebhook
+from service.providers.parsed import ParsedWebhook
 from service.providers.whatsapp import parse_webhook, signature_valid
-from service.web.body import parse_json, refused
+from service.web.body import refused
 from service.web.state import AppState, app_state
-from service.web.webhook import Refusal, Webhook
+from service.web.webhook import Refusal, Webhook, json_object
 
 ENDPOINT = "whatsapp"
 
@@ -52,12 +52,7 @@ def check(state: AppState, request: Request, body: bytes) -> Refusal | None:
 
 
 def parse(state: AppState, request: Request, body: bytes) -> ParsedWebhook:
-    try:
-        doc = parse_json(body)
-    except ValueError as exc:
-        raise BadPayload(str(exc)) from None
-    if not isinstance(doc, dict):
-        raise BadPayload("the body must be a JSON object")
+    doc = json_object(body, "a JSON object")
     return parse_webhook(doc, per_member_groups=state.settings.whatsapp_groups == "member")
 
 
