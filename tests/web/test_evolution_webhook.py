@@ -19,14 +19,13 @@ replays the same POSTs. The tests only read what it recorded.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -39,8 +38,9 @@ from service.providers.evolution import parse_webhook
 from service.store.embedded import RedisServer
 from service.tooling.procs import ServiceProc
 from service.tooling.sink import Received, Sink
-from tests.conftest import DEBUG_ARGS, DockerImage, _new_server
+from tests.conftest import DockerImage
 from tests.helpers import FIXTURES as FIXTURES_ROOT
+from tests.web.playback import delivered, play_once, settled
 from tests.web.test_e2e import (
     FORWARD_SECRET,
     KEYS,
@@ -119,14 +119,6 @@ class Playback:
     rejected: list[dict[str, Any]] = field(default_factory=list)  # the rejected hash, decoded
     bad_requests: int = 0
     log: str = ""
-
-
-async def settled(wait: Awaitable[object]) -> bool:
-    try:
-        await wait
-    except TimeoutError:
-        return False
-    return True
 
 
 async def play(server: RedisServer, tmp: Path) -> Playback:
@@ -218,19 +210,9 @@ async def play(server: RedisServer, tmp: Path) -> Playback:
 def played(
     redis_binary: Path | DockerImage, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Playback]:
-    tmp = tmp_path_factory.mktemp("evo-fixtures")
-    server = _new_server(redis_binary, tmp / "redis", extra_args=DEBUG_ARGS)
-    server.start()
-    try:
-        playback = asyncio.run(play(server, tmp))
-    finally:
-        server.stop(kill=True)
+    playback = play_once(redis_binary, tmp_path_factory.mktemp("evo-fixtures"), play)
     yield playback
     print(f"===== service log =====\n{playback.log}")  # shown when a test failed
-
-
-def delivered(recs: list[Received]) -> list[tuple[str, dict[str, Any]]]:
-    return [(rec.chat_id, m) for rec in recs for m in rec.batch["messages"]]
 
 
 def test_every_post_is_answered_200(played: Playback) -> None:

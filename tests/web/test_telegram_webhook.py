@@ -19,11 +19,9 @@ recorded.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 from collections import Counter
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -36,8 +34,9 @@ from service.providers.telegram import HEADER, parse_update
 from service.store.embedded import RedisServer
 from service.tooling.procs import ServiceProc
 from service.tooling.sink import Received, Sink
-from tests.conftest import DEBUG_ARGS, DockerImage, _new_server
+from tests.conftest import DockerImage
 from tests.helpers import FIXTURES as FIXTURES_ROOT
+from tests.web.playback import delivered, metric, play_once, settled
 from tests.web.test_e2e import (
     FORWARD_SECRET,
     KEYS,
@@ -80,26 +79,6 @@ MARKER = {
 }
 INTRUDER = json.loads(RAW["text"]) | {"update_id": 815000998}
 INTRUDER["message"] = INTRUDER["message"] | {"message_id": 1399, "text": "forged"}
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """The sum of the samples of ``name`` whose labels include ``labels`` (None: no sample)."""
-    found: float | None = None
-    for line in text.splitlines():
-        m = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
-        got = dict(re.findall(r'(\w+)="([^"]*)"', (m and m[2]) or ""))
-        if m and m[1] == name and labels.items() <= got.items():
-            found = (found or 0.0) + float(m[3])
-    return found
-
-
-async def settled(wait: Awaitable[object]) -> bool:
-    """Await a bounded wait; False on its timeout (the tests then say what is missing)."""
-    try:
-        await wait
-    except TimeoutError:
-        return False
-    return True
 
 
 @dataclass
@@ -195,19 +174,9 @@ async def play(server: RedisServer, tmp: Path) -> Playback:
 def played(
     redis_binary: Path | DockerImage, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Playback]:
-    tmp = tmp_path_factory.mktemp("tg-fixtures")
-    server = _new_server(redis_binary, tmp / "redis", extra_args=DEBUG_ARGS)
-    server.start()
-    try:
-        playback = asyncio.run(play(server, tmp))
-    finally:
-        server.stop(kill=True)
+    playback = play_once(redis_binary, tmp_path_factory.mktemp("tg-fixtures"), play)
     yield playback
     print(f"===== service log =====\n{playback.log}")  # shown when a test failed
-
-
-def delivered(recs: list[Received]) -> list[tuple[str, dict[str, Any]]]:
-    return [(rec.chat_id, m) for rec in recs for m in rec.batch["messages"]]
 
 
 def test_every_post_with_the_token_is_answered_200(played: Playback) -> None:

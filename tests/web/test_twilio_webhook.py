@@ -19,7 +19,6 @@ messages to this webhook: there is nothing of those kinds to play.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -45,8 +44,9 @@ from service.tooling.procs import ServiceProc
 from service.tooling.sink import Received, Sink
 from service.web import twilio as endpoint
 from service.web.state import AppState
-from tests.conftest import DEBUG_ARGS, DockerImage, _new_server
+from tests.conftest import DockerImage
 from tests.helpers import FIXTURES as FIXTURES_ROOT
+from tests.web.playback import delivered, metric, play_once, settled
 from tests.web.test_e2e import (
     BATCH_FIELDS,
     FORWARD_SECRET,
@@ -59,7 +59,6 @@ from tests.web.test_e2e import (
     redis_on,
     wait_drained,
 )
-from tests.web.test_whatsapp_fixtures import metric, settled
 
 FIXTURES = FIXTURES_ROOT / "twilio"
 TOKEN = "e2e-twilio-auth-token"
@@ -301,19 +300,9 @@ async def play(server: RedisServer, tmp: Path) -> Playback:
 def played(
     redis_binary: Path | DockerImage, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Playback]:
-    tmp = tmp_path_factory.mktemp("twilio-fixtures")
-    server = _new_server(redis_binary, tmp / "redis", extra_args=DEBUG_ARGS)
-    server.start()
-    try:
-        playback = asyncio.run(play(server, tmp))
-    finally:
-        server.stop(kill=True)
+    playback = play_once(redis_binary, tmp_path_factory.mktemp("twilio-fixtures"), play)
     yield playback
     print(f"===== service log =====\n{playback.log}")  # shown when a test failed
-
-
-def delivered(recs: list[Received]) -> list[tuple[str, dict[str, Any]]]:
-    return [(rec.chat_id, m) for rec in recs for m in rec.batch["messages"]]
 
 
 def test_every_signed_post_is_answered_200_with_empty_twiml(played: Playback) -> None:
