@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Callable
 from types import TracebackType
 
 from redis.asyncio import Redis
@@ -98,11 +100,15 @@ class Engine:
         db = 0
         if not is_cluster(self.redis):
             db = int(self.redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+        channels: dict[bytes, Callable[[bytes], None]] = {
+            expired_channel(db).encode(): self._on_key
+        }
+        for bk in self.keys.all_buckets():
+            channels[bk.wake] = functools.partial(self._on_wake, bk.bucket)
         self.listeners = Listeners(
             self.redis,
             self._url(),
-            expired_channel(db),
-            self._on_key,
+            channels,
             self._on_subscribed,
             self.settings,
             self.stats,
@@ -190,6 +196,11 @@ class Engine:
     def _on_ownership(self, gained: frozenset[int], lost: frozenset[int]) -> None:
         if gained:  # their chats' events went to another process until now
             self.sweeper.wake.set()
+            self.nudger.look(gained)
+
+    def _on_wake(self, bucket: int, data: bytes) -> None:
+        with contextlib.suppress(ValueError):  # not ours: another writer on the channel
+            self.nudger.heard(bucket, int(data))
 
     def _on_key(self, key: bytes) -> None:
         chat_id = self.keys.parse_timer(key)
@@ -215,6 +226,7 @@ class Engine:
                     fix=check.fix,
                 )
         self.sweeper.wake.set()
+        self.nudger.look()  # a wake may have been missed too: read every next deadline
         # Events lost just before the resubscribe belong to chats not yet
         # overdue by the grace period: sweep once more when they are.
         loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
 """The expired-event listener: one dedicated pub/sub connection, one reader.
 
-It subscribes (exact channel, not a pattern) to ``__keyevent@<db>__:expired``
-and does nothing but parse each event into a chat id and hand it on: the
+It subscribes (exact channels, not patterns) to ``__keyevent@<db>__:expired``
+and to the buckets' wake channels, and does nothing but hand each message to
+its channel's callback (which parses an event into a chat id): the
 claims run in other tasks, so a burst of events never backs up in Redis's
 output buffer for this client. redis-py cannot see a half-open connection
 (its health check sends a PING but never waits for the PONG), so the reader
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -58,8 +59,7 @@ class Listener:
     def __init__(
         self,
         redis: Redis,
-        channel: str,
-        on_key: Callable[[bytes], None],
+        channels: Mapping[bytes, Callable[[bytes], None]],
         on_subscribed: Callable[[], Coroutine[Any, Any, None]],
         *,
         ping_ms: int,
@@ -70,8 +70,7 @@ class Listener:
     ) -> None:
         self.redis = redis
         self.on_lost = on_lost  # told when the connection fails (a cluster re-reads its topology)
-        self.channel = channel
-        self.on_key = on_key
+        self.channels = dict(channels)  # channel -> what to do with a message's data
         self.on_subscribed = on_subscribed
         self.ping_s = ping_ms / 1000
         self.dead_s = dead_ms / 1000
@@ -92,7 +91,7 @@ class Listener:
             try:
                 # Connecting has no liveness check of its own: bound it.
                 async with asyncio.timeout(self.dead_s):
-                    await pubsub.subscribe(self.channel)
+                    await pubsub.subscribe(*self.channels)
                 await self._read(pubsub)
             except Exception as exc:  # any failure: reconnect (and sweep) rather than die
                 if not isinstance(exc, (RedisError, OSError, ListenerDead, TimeoutError)):
@@ -126,9 +125,9 @@ class Listener:
                 self.last_frame = now
                 kind = msg["type"]
                 if kind == "message":
-                    self.on_key(msg["data"])
-                elif kind == "subscribe":
-                    self._subscribed()
+                    self.channels[msg["channel"]](msg["data"])
+                elif kind == "subscribe" and msg["data"] == len(self.channels):
+                    self._subscribed()  # the last channel's confirmation
             if now - self.last_frame >= self.dead_s:
                 raise ListenerDead(f"no reply from Redis for {now - self.last_frame:.1f}s")
             if now >= ping_at:
@@ -140,7 +139,13 @@ class Listener:
         self.subscribed = True
         self._backoff = BACKOFF_MIN_S
         self.stats.subscribes += 1
-        emit(log, "subscribed", channel=self.channel, reconnects=self.stats.reconnects)
+        emit(
+            log,
+            "subscribed",
+            channel=next(iter(self.channels)).decode(),  # the expired events' (first)
+            channels=len(self.channels),
+            reconnects=self.stats.reconnects,
+        )
         task = asyncio.create_task(self.on_subscribed())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

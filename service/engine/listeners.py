@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +51,7 @@ class Listeners:
         self,
         redis: Redis,
         url: str,
-        channel: str,
-        on_key: Callable[[bytes], None],
+        channels: Mapping[bytes, Callable[[bytes], None]],
         on_subscribed: OnSubscribed,
         settings: Settings,
         stats: Stats,
@@ -60,8 +59,7 @@ class Listeners:
     ) -> None:
         self.redis = redis
         self.url = url
-        self.channel = channel
-        self.on_key = on_key
+        self.channels = channels
         self.on_subscribed = on_subscribed
         self.settings = settings
         self.stats = stats
@@ -106,8 +104,7 @@ class Listeners:
 
         listener = Listener(
             client,
-            self.channel,
-            self.on_key,
+            self.channels,
             subscribed,
             ping_ms=self.settings.listener_ping_ms,
             dead_ms=self.settings.listener_dead_ms,

@@ -18,9 +18,9 @@ from service.store.deadletters import DeadBatch, dead_of_chat
 from service.store.keyspace import ChatKeys, Keyspace
 from service.store.runner import Arg, Script, run_script
 
-FLUSH = Script.load("flush")
-HOLD = Script.load("hold")
-RELEASE = Script.load("release")
+FLUSH = Script.load("flush", prelude="wake")
+HOLD = Script.load("hold", prelude="wake")
+RELEASE = Script.load("release", prelude="wake")
 DROP = Script.load("drop")
 
 DROPPED = "dropped by an operator"
@@ -128,21 +128,21 @@ class Chats:
     async def flush(self, chat_id: str) -> int | None:
         """Close the open batch now (reason ``manual``); its size, or None if none."""
         ck = self.keys.chat(chat_id)
-        got = await run_script(self.redis, FLUSH, self._open_keys(ck), [chat_id])
+        got = await run_script(self.redis, FLUSH, self._timed_keys(ck), [chat_id])
         return int(got[1]) if int(got[0]) else None
 
     async def hold(self, chat_id: str) -> int | None:
         """Pause the idle timer until release or the max wait; the new deadline."""
         ck = self.keys.chat(chat_id)
         args: list[Arg] = [chat_id, self.settings.max_wait_ms]
-        got = await run_script(self.redis, HOLD, self._open_keys(ck), args)
+        got = await run_script(self.redis, HOLD, self._timed_keys(ck), args)
         return int(got[1]) if int(got[0]) else None
 
     async def release(self, chat_id: str) -> int | None:
         """End a hold (the idle timer runs from now); the new deadline, or None."""
         ck = self.keys.chat(chat_id)
         args: list[Arg] = [chat_id, self.settings.idle_ms, self.settings.max_wait_ms]
-        got = await run_script(self.redis, RELEASE, self._open_keys(ck), args)
+        got = await run_script(self.redis, RELEASE, self._timed_keys(ck), args)
         return int(got[1]) if int(got[0]) else None
 
     async def drop(self, chat_id: str) -> tuple[str, int] | None:
@@ -159,3 +159,8 @@ class Chats:
     @staticmethod
     def _open_keys(ck: ChatKeys) -> list[bytes]:
         return [ck.buf, ck.timer, ck.meta, ck.bucket.due]
+
+    @staticmethod
+    def _timed_keys(ck: ChatKeys) -> list[bytes]:
+        """The open batch's keys and its bucket's wake key (scripts that set a deadline)."""
+        return [ck.buf, ck.timer, ck.meta, ck.bucket.due, ck.bucket.wake]

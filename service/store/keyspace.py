@@ -14,6 +14,7 @@ earlier segments are fixed by the key's kind.
 | P:{bN}:meta:<chat>           | hash   | none | open batch + in-flight batch state |
 | P:{bN}:proc:<batch_id>       | list   | none | a claimed batch                    |
 | P:{bN}:due                   | zset   | none | chat -> deadline ms                |
+| P:{bN}:wake                  | string | none | next nudge ms; also a channel      |
 | P:{bN}:inflight              | zset   | none | chat -> lease deadline ms          |
 | P:{bN}:seen                  | zset   | none | message ids seen -> received ms    |
 | P:{bN}:dead                  | zset   | none | dead batch id -> dead-lettered ms  |
@@ -52,6 +53,7 @@ def encode_chat(chat_id: str) -> bytes:
 class BucketKeys:
     bucket: int
     due: bytes
+    wake: bytes  # a key, and the pub/sub channel of the same name (lua/wake.lua)
     inflight: bytes
     seen: bytes
     dead: bytes
@@ -92,6 +94,7 @@ class Keyspace:
         return BucketKeys(
             bucket=bucket,
             due=tag + b"due",
+            wake=tag + b"wake",
             inflight=tag + b"inflight",
             seen=tag + b"seen",
             dead=tag + b"dead",

@@ -32,8 +32,12 @@ class Script:
     sha: str
 
     @classmethod
-    def load(cls, name: str) -> Script:
-        source = resources.files("service.store").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    def load(cls, name: str, *, prelude: str | None = None) -> Script:
+        """``lua/<name>.lua``, after ``lua/<prelude>.lua`` (shared functions) if given."""
+        lua = resources.files("service.store").joinpath("lua")
+        source = lua.joinpath(f"{name}.lua").read_text("utf-8")
+        if prelude is not None:
+            source = lua.joinpath(f"{prelude}.lua").read_text("utf-8") + source
         return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 

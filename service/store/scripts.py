@@ -19,15 +19,15 @@ from service.settings import Settings
 from service.store.keyspace import BucketKeys, ChatKeys, Keyspace
 from service.store.runner import Call, Script, run_script, run_scripts
 
-APPEND = Script.load("append")
-CLAIM = Script.load("claim")
+APPEND = Script.load("append", prelude="wake")
+CLAIM = Script.load("claim", prelude="wake")
 ACK = Script.load("ack")
 NACK = Script.load("nack")
 LEASE = Script.load("lease")
 REDELIVER = Script.load("redeliver")
 NUDGE = Script.load("nudge")
 SCAN = Script.load("scan")
-TYPING = Script.load("typing")
+TYPING = Script.load("typing", prelude="wake")
 
 # --- typed results ---------------------------------------------------------
 
@@ -45,6 +45,13 @@ class Appended:
 class Typed:
     status: int  # see typing.lua: 0 no open batch, 1 later, 2 earlier, 3 unchanged
     deadline_ms: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nudged:
+    touched: int
+    next_ms: int | None  # the bucket's next deadline (None: nothing due)
     now_ms: int
 
 
@@ -121,7 +128,7 @@ class Scripts:
         b, s = ck.bucket, self.settings
         return (
             APPEND,
-            (ck.buf, ck.timer, ck.meta, b.due, b.seen),
+            (ck.buf, ck.timer, ck.meta, b.due, b.seen, b.wake),
             (
                 ck.chat_id,
                 dedupe_member,
@@ -144,7 +151,7 @@ class Scripts:
         b, s = ck.bucket, self.settings
         return (
             TYPING,
-            (ck.buf, ck.timer, ck.meta, b.due),
+            (ck.buf, ck.timer, ck.meta, b.due, b.wake),
             (
                 ck.chat_id,
                 "typing" if typing else "paused",
@@ -171,7 +178,15 @@ class Scripts:
         b, s = ck.bucket, self.settings
         return (
             CLAIM,
-            (ck.buf, ck.timer, ck.meta, b.due, b.inflight, self.keys.proc(b.bucket, batch_id)),
+            (
+                ck.buf,
+                ck.timer,
+                ck.meta,
+                b.due,
+                b.inflight,
+                self.keys.proc(b.bucket, batch_id),
+                b.wake,
+            ),
             (
                 ck.chat_id,
                 batch_id,
@@ -264,7 +279,12 @@ class Scripts:
     def nudge_call(self, bk: BucketKeys, *, limit: int) -> Call:
         # Deadlines older than the sweeper's grace are the sweeper's business.
         window_ms = max(self.settings.sweep_grace_ms, 1)
-        return (NUDGE, (bk.due,), (bk.timer_prefix, window_ms, limit))
+        return (NUDGE, (bk.due, bk.wake), (bk.timer_prefix, window_ms, limit))
+
+    @staticmethod
+    def parse_nudge(raw: Any) -> Nudged:
+        nxt = int(raw[1])
+        return Nudged(int(raw[0]), None if nxt < 0 else nxt, int(raw[2]))
 
     def scan_call(self, bk: BucketKeys, *, limit: int) -> Call:
         return (SCAN, (bk.due, bk.inflight), (self.settings.sweep_grace_ms, limit))
@@ -278,7 +298,7 @@ class Scripts:
             dead_keys += [keys.dead_batch(b.bucket, batch_id), keys.dead_info(b.bucket, batch_id)]
         return (
             REPLAY,
-            (ck.buf, ck.timer, ck.meta, b.due, b.dead, *dead_keys),
+            (ck.buf, ck.timer, ck.meta, b.due, b.dead, b.wake, *dead_keys),
             (ck.chat_id, *batch_ids),
         )
 
@@ -291,7 +311,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-REPLAY = Script.load("replay")
+REPLAY = Script.load("replay", prelude="wake")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@
 -- KEYS[3] = meta    P:{bN}:meta:<chat>  (hash)
 -- KEYS[4] = due     P:{bN}:due          (zset chat -> deadline ms)
 -- KEYS[5] = seen    P:{bN}:seen         (zset dedupe member -> received ms)
+-- KEYS[6] = wake    P:{bN}:wake         (the moment the bucket's nudger wakes; see wake.lua)
 -- ARGV[1] = chat id
 -- ARGV[2] = dedupe member ("" = no dedupe)
 -- ARGV[3] = message JSON
@@ -50,6 +51,7 @@ local function arm(count, opened, size)
   end
   redis.call('SET', KEYS[2], '1', 'PX', math.max(deadline - now, 1))
   redis.call('ZADD', KEYS[4], deadline, chat)
+  wake(KEYS[6], deadline)
   return deadline
 end
 

@@ -7,6 +7,7 @@
 -- KEYS[4] = due       P:{bN}:due
 -- KEYS[5] = inflight  P:{bN}:inflight     (zset chat -> lease deadline ms)
 -- KEYS[6] = proc      P:{bN}:proc:<batch_id> (unique: RENAME never overwrites a batch)
+-- KEYS[7] = wake      P:{bN}:wake (see wake.lua)
 -- ARGV[1] = chat id
 -- ARGV[2] = batch id
 -- ARGV[3] = lease_ms
@@ -88,6 +89,7 @@ if count > max then
   redis.call('HDEL', KEYS[3], 'held', 'manual')
   redis.call('SET', KEYS[2], '1', 'PX', math.max(next_deadline - now, 1))
   redis.call('ZADD', KEYS[4], next_deadline, chat)
+  wake(KEYS[7], next_deadline)
 else
   redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes', 'held', 'manual')
   redis.call('ZREM', KEYS[4], chat)

@@ -8,6 +8,7 @@
 -- KEYS[2] = timer   P:{bN}:timer:<chat>
 -- KEYS[3] = meta    P:{bN}:meta:<chat>
 -- KEYS[4] = due     P:{bN}:due
+-- KEYS[5] = wake    P:{bN}:wake (see wake.lua)
 -- ARGV[1] = chat id
 -- Returns {0} no open batch, or {1, messages in it}.
 local t = redis.call('TIME')
@@ -20,4 +21,5 @@ redis.call('HSET', KEYS[3], 'manual', 1)
 redis.call('HDEL', KEYS[3], 'held')
 redis.call('SET', KEYS[2], '1', 'PX', 1)
 redis.call('ZADD', KEYS[4], now, ARGV[1])
+wake(KEYS[5], now)
 return {1, count}

@@ -5,6 +5,7 @@
 -- KEYS[2] = timer   P:{bN}:timer:<chat>
 -- KEYS[3] = meta    P:{bN}:meta:<chat>
 -- KEYS[4] = due     P:{bN}:due
+-- KEYS[5] = wake    P:{bN}:wake (see wake.lua)
 -- ARGV[1] = chat id
 -- ARGV[2] = max_wait_ms
 -- Returns {0} no open batch, or {1, deadline_ms}.
@@ -18,4 +19,5 @@ local deadline = opened + tonumber(ARGV[2])
 redis.call('HSET', KEYS[3], 'held', 1)
 redis.call('SET', KEYS[2], '1', 'PX', math.max(deadline - now, 1))
 redis.call('ZADD', KEYS[4], deadline, ARGV[1])
+wake(KEYS[5], deadline)
 return {1, deadline}

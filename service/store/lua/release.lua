@@ -4,6 +4,7 @@
 -- KEYS[2] = timer   P:{bN}:timer:<chat>
 -- KEYS[3] = meta    P:{bN}:meta:<chat>
 -- KEYS[4] = due     P:{bN}:due
+-- KEYS[5] = wake    P:{bN}:wake (see wake.lua)
 -- ARGV[1] = chat id
 -- ARGV[2] = idle_ms
 -- ARGV[3] = max_wait_ms
@@ -17,4 +18,5 @@ local opened = tonumber(redis.call('HGET', KEYS[3], 'opened') or now)
 local deadline = math.min(now + tonumber(ARGV[2]), opened + tonumber(ARGV[3]))
 redis.call('SET', KEYS[2], '1', 'PX', math.max(deadline - now, 1))
 redis.call('ZADD', KEYS[4], deadline, ARGV[1])
+wake(KEYS[5], deadline)
 return {1, deadline}

@@ -8,7 +8,8 @@
 -- KEYS[3] = meta      P:{bN}:meta:<chat>
 -- KEYS[4] = due       P:{bN}:due
 -- KEYS[5] = dead      P:{bN}:dead
--- KEYS[4 + 2i], KEYS[5 + 2i] = P:{bN}:dead:<id_i>, P:{bN}:deadinfo:<id_i> (i = 1..n)
+-- KEYS[6] = wake      P:{bN}:wake (see wake.lua)
+-- KEYS[5 + 2i], KEYS[6 + 2i] = P:{bN}:dead:<id_i>, P:{bN}:deadinfo:<id_i> (i = 1..n)
 -- ARGV[1] = chat id
 -- ARGV[1 + i] = batch id i (oldest first)
 -- Returns {batches replayed, messages replayed}; {0, 0} when none of the
@@ -20,7 +21,7 @@ local chat = ARGV[1]
 local ids, lists, infos = {}, {}, {}
 local dead_items, seen = {}, {}
 for i = 1, #ARGV - 1 do
-  local list, info = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  local list, info = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
   if not seen[ARGV[1 + i]] and redis.call('ZSCORE', KEYS[5], ARGV[1 + i])
       and redis.call('HGET', info, 'chat') == chat then
     seen[ARGV[1 + i]] = true
@@ -89,6 +90,7 @@ end
 -- flight makes the claim wait for its ack, never merge with it.
 redis.call('SET', KEYS[2], '1', 'PX', 1)
 redis.call('ZADD', KEYS[4], now, chat)
+wake(KEYS[6], now)
 
 for i = 1, #ids do
   redis.call('ZREM', KEYS[5], ids[i])

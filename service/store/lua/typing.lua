@@ -7,6 +7,7 @@
 -- KEYS[2] = timer   P:{bN}:timer:<chat>
 -- KEYS[3] = meta    P:{bN}:meta:<chat>
 -- KEYS[4] = due     P:{bN}:due
+-- KEYS[5] = wake    P:{bN}:wake (see wake.lua)
 -- ARGV[1] = chat id
 -- ARGV[2] = "typing" or "paused"
 -- ARGV[3] = typing_ms
@@ -49,4 +50,5 @@ else
 end
 redis.call('SET', KEYS[2], '1', 'PX', math.max(deadline - now, 1))
 redis.call('ZADD', KEYS[4], deadline, chat)
+wake(KEYS[5], deadline)
 return {deadline > current and 1 or 2, deadline, now}

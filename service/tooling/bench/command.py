@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
     lag.add_argument(
         "--wait-s", type=float, default=30.0, help="wait this long after the last deadline"
     )
-    lag.add_argument("--nudge-ms", type=int, default=10, help="the service's nudge interval")
+    lag.add_argument("--nudge-ms", type=int, default=2, help="the least gap between nudge passes")
     lag.add_argument("--buckets", type=int, default=16, help="the service's hash-tag buckets")
     lag.add_argument("--concurrency", type=int, default=64, help="the service's workers")
     lag.add_argument("--hz", type=int, help="CONFIG SET hz for the run (default: redis.conf's)")

@@ -22,7 +22,7 @@ class LagOptions:
     window_s: float | None = None  # None: default_window(n)
     idle_ms: int | None = None  # None: window + 2 s (all N open at once)
     wait_s: float = 30.0  # after the last deadline, for late events
-    nudge_interval_ms: int = 10
+    nudge_interval_ms: int = 2
     buckets: int = 16
     concurrency: int = 64
     hz: int | None = None  # CONFIG SET for the run (None: the server's)

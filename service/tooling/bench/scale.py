@@ -59,7 +59,7 @@ class ScaleOptions:
     burst: int = 20_000
     rate: int = 1_000
     seconds: float = 5.0
-    nudge_interval_ms: int = 10
+    nudge_interval_ms: int = 2
     concurrency: int = 64
     buckets: int = 16
     cluster: bool = False  # a local 3-primary Redis Cluster instead of one server

@@ -1,6 +1,6 @@
 """One service process driven over stdin: an Engine and its report.
 
-    python -m service.tooling.bench.worker <redis_url> [--nudge-ms 10] [--concurrency 64]
+    python -m service.tooling.bench.worker <redis_url> [--nudge-ms 2] [--concurrency 64]
         [--set NAME=VALUE ...] [--hang-marker KEY]
 
 Used by ``batcher bench scale`` (several of them on one Redis) and by the
@@ -118,7 +118,7 @@ async def serve(url: str, overrides: dict[str, Any], hang_marker: str | None) ->
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m service.tooling.bench.worker")
     parser.add_argument("url")
-    parser.add_argument("--nudge-ms", type=int, default=10)
+    parser.add_argument("--nudge-ms", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--buckets", type=int, default=16)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
