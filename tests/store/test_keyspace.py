@@ -77,3 +77,9 @@ def test_prefix_with_braces_is_refused() -> None:
 def test_seen_member_is_unambiguous() -> None:
     # ("ab", "c") and ("a", "bc") must not share a dedupe entry.
     assert seen_member("ab", "c") != seen_member("a", "bc")
+
+
+def test_seen_member_is_a_fixed_size_digest() -> None:
+    long_id = "wamid." + "H" * 200
+    assert len(seen_member("x" * 1024, long_id)) == len(seen_member("a", "b")) == 12
+    assert seen_member("a", "b") == seen_member("a", "b")
