@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=32, ge=1, le=10_000, description="Batches delivered at once.")
 
     # --- Background loops ------------------------------------------------
-    nudge_interval_ms: int = Field(default=10, ge=1, le=3_600_000)
+    nudge_interval_ms: int = Field(default=2, ge=1, le=3_600_000)  # least gap between passes
     sweep_interval_ms: int = Field(default=1_000, ge=10)
     sweep_grace_ms: int = Field(
         default=1_000,
@@ -133,6 +133,14 @@ class Settings(BaseSettings):
     # --- HTTP / webhooks -------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # uvicorn worker processes on that one port, each with its own engine
+    # (they share the buckets: service/engine/ownership.py).
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes `batcher serve` runs on its port, each with its own engine.",
+    )
     whatsapp_app_secret: SecretStr | None = None
     whatsapp_verify_token: SecretStr | None = None
     whatsapp_groups: Literal["group", "member"] = Field(

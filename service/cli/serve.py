@@ -3,6 +3,11 @@
 With no ``BATCHER_REDIS_URL`` it first starts an embedded Redis-compatible
 server (data under ``BATCHER_DATA_DIR``), on the main thread, so that the
 server dies with this process.
+
+With ``--workers N`` (``BATCHER_WORKERS``) above 1 this process is uvicorn's
+supervisor of N worker processes on the one port, each with its own app and
+engine (``worker_app``); the engines share the buckets between them
+(``service/engine/ownership.py``) as separate services would.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -19,7 +26,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 from rich.console import Console
@@ -30,6 +37,9 @@ from service.errors import BatcherError
 from service.logs import emit
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
 log = logging.getLogger(__name__)
 
 
@@ -37,12 +47,32 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "serve", help="run the service (embedded Redis when BATCHER_REDIS_URL is unset)"
     )
+    p.add_argument(
+        "--workers",
+        type=_worker_count,
+        metavar="N",
+        help="worker processes on the one port, each with its own engine "
+        "(default: BATCHER_WORKERS, else 1)",
+    )
     p.set_defaults(run=with_settings(run_serve))
+
+
+def _worker_count(value: str) -> int:
+    """``--workers``: an int within Settings.workers' limits (1 to 64)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"{n} is not between 1 and 64")
+    return n
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Everything that can be refused is refused before anything starts: the
     settings, the handler, the HTTP port, the data directory's lock."""
+    if getattr(args, "workers", None) is not None:
+        settings = settings.model_copy(update={"workers": args.workers})
     problem = settings.serving_problem()
     if problem is not None:
         raise BatcherError(f"batcher serve: {problem}")
@@ -138,18 +168,14 @@ def serve(settings: Settings, url: str) -> None:
 
     from service.web.app import create_app
 
+    environment = worker_environment(settings, url)
     settings = settings.model_copy(update={"redis_url": SecretStr(url)})
     asyncio.run(_preflight(url, settings))
+    if settings.workers > 1:
+        serve_workers(settings, environment)
+        return
     app = create_app(settings, log_checks=False)
-    emit(
-        log,
-        "started",
-        url=f"http://{settings.host}:{settings.port}",
-        idle_ms=settings.idle_ms,
-        max_wait_ms=settings.max_wait_ms,
-        max_messages=settings.max_messages,
-        redis=settings.redis_url_display,
-    )
+    _emit_started(settings)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again
     # with the handler it found: make that one a no-op, so that we return and
     # stop the embedded server cleanly (exit status 0).
@@ -167,3 +193,84 @@ def serve(settings: Settings, url: str) -> None:
         access_log=False,
         timeout_graceful_shutdown=15,
     )
+
+
+def _emit_started(settings: Settings) -> None:
+    emit(
+        log,
+        "started",
+        url=f"http://{settings.host}:{settings.port}",
+        workers=settings.workers,
+        idle_ms=settings.idle_ms,
+        max_wait_ms=settings.max_wait_ms,
+        max_messages=settings.max_messages,
+        redis=settings.redis_url_display,
+    )
+
+
+# --- --workers N ---------------------------------------------------------------------------
+
+
+def worker_environment(settings: Settings, url: str) -> dict[str, str]:
+    """What the worker processes need in their environment to read the
+    settings this process serves with (they load ``Settings`` again): the
+    Redis URL (the embedded server's when it runs), the worker count given
+    by ``--workers``, and the log level chosen for an embedded server."""
+    environment = {"BATCHER_REDIS_URL": url, "BATCHER_WORKERS": str(settings.workers)}
+    if settings.log_level is None:  # as configure() chose it, before the URL was set
+        environment["BATCHER_LOG_LEVEL"] = "DEBUG" if settings.redis_url is None else "INFO"
+    return environment
+
+
+def serve_workers(settings: Settings, environment: dict[str, str]) -> None:
+    """uvicorn's supervisor of ``settings.workers`` processes, on one socket
+    bound here. It returns once they have all ended (SIGTERM or SIGINT here:
+    it SIGTERMs them and waits, each one shutting down gracefully); a worker
+    whose start-up failed stops them all and exits 3, as one process does."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ.update(environment)  # before any worker is spawned
+    config = uvicorn.Config(
+        f"{__name__}:worker_app",
+        factory=True,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        loop="auto",
+        http="auto",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=15,
+    )
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])  # its signal handlers
+    _emit_started(settings)
+    supervisor.run()
+    if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+        raise SystemExit(STARTUP_FAILURE)
+
+
+def worker_app() -> Starlette:
+    """The app of one worker process (uvicorn calls this factory in each
+    process it spawns): the settings serve put in the environment, logging
+    set up as serve's, the start-up checks already run by the supervisor."""
+    from service.cli.setup import configure
+    from service.web.app import create_app
+
+    _die_with_supervisor()
+    app = create_app(configure(), log_checks=False)
+    gc.freeze()  # as serve does: what is imported by now lives as long as the process
+    return app
+
+
+def _die_with_supervisor() -> None:
+    """Linux: the kernel SIGTERMs this worker when its supervisor dies, even
+    SIGKILLed (as the embedded server is, ``embedded._pdeathsig_preexec``)."""
+    parent = multiprocessing.parent_process()
+    if sys.platform != "linux" or parent is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PDEATHSIG
+    if os.getppid() != parent.pid:  # the supervisor died before prctl took effect
+        os._exit(1)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,16 @@ from service.store.embedded import _pdeathsig_preexec, free_port
 class ServiceProc:
     """One ``python -m service.cli serve`` child on a fixed port (kept across restarts)."""
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path, cwd: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: dict[str, str],
+        log_path: Path,
+        cwd: Path,
+        args: Sequence[str] = (),
+    ) -> None:
         self.name = name
+        self.args = tuple(args)  # after ``serve``, e.g. ("--workers", "2")
         self.env = env
         self.log_path = log_path
         self.cwd = cwd
@@ -48,7 +57,7 @@ class ServiceProc:
             log.write(f"----- start #{self.starts + 1} at {time.time():.3f} -----\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve"],
+                [sys.executable, "-m", "service.cli", "serve", *self.args],
                 cwd=self.cwd,  # no stray .env is read
                 env=env,
                 stdin=subprocess.DEVNULL,
