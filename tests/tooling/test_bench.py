@@ -220,3 +220,12 @@ async def test_lag_server_knobs_apply_to_the_run_and_are_put_back(redis_url: str
     assert result.checks["hz"] == "50" and result.delivered == 50
     async with redis.asyncio.Redis.from_url(redis_url) as client:
         assert (await client.config_get("hz"))["hz"] == "10"
+
+
+def test_http_bench_measures_the_workers_beside_one_process() -> None:
+    from service.tooling.bench.http import TARGETS, targets
+
+    assert targets(1) == TARGETS
+    names = list(targets(3))
+    assert names[1] == "POST /webhooks/whatsapp (batcher, 3 workers)"
+    assert targets(3)[names[1]][-2:] == ["--workers", "3"] and len(names) == 3

@@ -85,6 +85,12 @@ def register(sub: Any) -> None:
         default="auto",
         help="load generator (auto: wrk when installed, else the built-in asyncio client)",
     )
+    http.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also measure `batcher serve --workers N` (N > 1)",
+    )
 
     memory = scenarios.add_parser(
         "memory", help="Redis bytes per open/in-flight batch, and idle Redis CPU"
@@ -177,7 +183,7 @@ def _run_scenario(args: argparse.Namespace) -> None:
     elif args.scenario == "http":
         from service.tooling.bench.http import http_main
 
-        http_main(args.seconds, args.connections, args.client, args.json_path)
+        http_main(args.seconds, args.connections, args.client, args.json_path, args.workers)
     elif args.scenario == "memory":
         from service.tooling.bench.memory import memory_main
 

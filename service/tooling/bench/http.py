@@ -80,12 +80,15 @@ class HttpResult:
 
 
 def proc_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc)."""
+    """CPU seconds (user + system) used so far by process ``pid`` and the
+    processes it started (``serve --workers N``), from Linux's /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(proc_cpu_s(int(child)) for child in children)
 
 
 def redis_cpu(client: redis.Redis) -> float:
@@ -223,8 +226,17 @@ TARGETS = {
 }
 
 
+def targets(workers: int) -> dict[str, list[str]]:
+    """The commands measured: the service (also with N workers when N > 1) and the bare app."""
+    if workers <= 1:
+        return dict(TARGETS)
+    serve, bare = TARGETS.items()
+    many = (f"{serve[0][:-1]}, {workers} workers)", [*serve[1], "--workers", str(workers)])
+    return dict([serve, many, bare])
+
+
 def run_http(
-    seconds: int, connections: int, console: Console, client: str = "auto"
+    seconds: int, connections: int, console: Console, client: str = "auto", workers: int = 1
 ) -> list[HttpResult]:
     clients = clients_for(client)
     if clients == ["builtin"]:
@@ -246,7 +258,7 @@ def run_http(
             "BATCHER_LOG_LEVEL": "WARNING",
             "BATCHER_HANDLER": "service.tooling.bench.http:discard",
         }
-        for name, cmd in TARGETS.items():
+        for name, cmd in targets(workers).items():
             port = free_port()
             env["BATCHER_PORT"] = str(port)
             full = cmd + (["--port", str(port)] if "uvicorn" in cmd else [])
@@ -315,8 +327,10 @@ def print_http(results: list[HttpResult], seconds: int, connections: int, consol
                      "may limit both figures (use wrk for a firmer number)")  # fmt: skip
 
 
-def http_main(seconds: int, connections: int, client: str, json_path: str | None) -> None:
-    results = run_http(seconds, connections, Console(), client)
+def http_main(
+    seconds: int, connections: int, client: str, json_path: str | None, workers: int = 1
+) -> None:
+    results = run_http(seconds, connections, Console(), client, workers)
     if json_path:
         doc = [{**asdict(r), "cpu_us_per_request": r.cpu_us_per_request} for r in results]
         Path(json_path).write_text(json.dumps(doc, indent=2))
