@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,22 +25,10 @@ from service.tooling.procs import ServiceProc
 from service.tooling.sink import Sink
 from tests.conftest import DockerImage
 from tests.helpers import poll, wait_until
+from tests.web.test_e2e import FORWARD_SECRET
 
-FORWARD_SECRET = "workers-forward-secret"
 KEYS = Keyspace()  # the service's defaults: prefix "batcher", 16 buckets
 CHATS, PER_CHAT = 12, 3
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10.0) as c:
-        yield c
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    async with Sink(secret=FORWARD_SECRET.encode()) as s:
-        yield s
 
 
 @pytest.fixture
