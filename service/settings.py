@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MAX_WORKERS = 64  # batcher serve --workers
+
 # Provider webhooks, and the settings that must be set before each one is
 # served on a non-loopback address.
 PROVIDERS: dict[str, tuple[str, ...]] = {
@@ -138,7 +140,7 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1,
         ge=1,
-        le=64,
+        le=MAX_WORKERS,
         description="Worker processes `batcher serve` runs on its port, each with its own engine.",
     )
     whatsapp_app_secret: SecretStr | None = None

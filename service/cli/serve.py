@@ -35,7 +35,7 @@ from service.cli import runtime
 from service.cli.setup import with_settings
 from service.errors import BatcherError
 from service.logs import emit
-from service.settings import Settings
+from service.settings import MAX_WORKERS, Settings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -58,13 +58,13 @@ def register(subparsers: Any) -> None:
 
 
 def _worker_count(value: str) -> int:
-    """``--workers``: an int within Settings.workers' limits (1 to 64)."""
+    """``--workers``: an int within Settings.workers' limits."""
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 1 <= n <= 64:
-        raise argparse.ArgumentTypeError(f"{n} is not between 1 and 64")
+    if not 1 <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{n} is not between 1 and {MAX_WORKERS}")
     return n
 
 
@@ -183,16 +183,20 @@ def serve(settings: Settings, url: str) -> None:
     # Everything imported so far lives as long as the process: keep it out of
     # the collector's full passes (they would walk it on every gen-2 pass).
     gc.freeze()
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="auto",
-        http="auto",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=15,
-    )
+    uvicorn.run(app, **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn serves, in one process or as N workers: our logging, no access log."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "auto",
+        "http": "auto",
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 15,
+    }
 
 
 def _emit_started(settings: Settings) -> None:
@@ -236,13 +240,7 @@ def serve_workers(settings: Settings, environment: dict[str, str]) -> None:
         f"{__name__}:worker_app",
         factory=True,
         workers=settings.workers,
-        host=settings.host,
-        port=settings.port,
-        loop="auto",
-        http="auto",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=15,
+        **uvicorn_options(settings),
     )
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])  # its signal handlers
     _emit_started(settings)
