@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 
 
-async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to ``seconds``; return early (True) once ``stop`` is set.
+async def sleep_or_stop(
+    stop: asyncio.Event, seconds: float | None, wake: asyncio.Event | None = None
+) -> bool:
+    """Sleep up to ``seconds`` (None: no limit); return early once ``stop``
+    is set (True) or ``wake`` is (False).
 
     ``asyncio.wait``, not ``wait_for``: on Python 3.11 ``wait_for`` can swallow
     a cancellation that lands as its timeout fires, and a loop that sleeps a
@@ -14,9 +17,12 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     """
     if stop.is_set():
         return True
-    waiter = asyncio.ensure_future(stop.wait())
+    waiters = {asyncio.ensure_future(stop.wait())}
+    if wake is not None:
+        waiters.add(asyncio.ensure_future(wake.wait()))
     try:
-        await asyncio.wait({waiter}, timeout=seconds)
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
+        for waiter in waiters:
+            waiter.cancel()
     return stop.is_set()

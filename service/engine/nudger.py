@@ -96,7 +96,9 @@ class Nudger:
             due = [b for b in buckets if self._at[b] <= now]
             if not due:
                 first = min((self._at[b] for b in buckets), default=math.inf)
-                await self._sleep(first - now)
+                self._wake.clear()
+                timeout_s = None if first == math.inf else first - now
+                await sleep_or_stop(self.stop, timeout_s, wake=self._wake)
                 continue
             try:
                 await self.nudge(due)
@@ -131,20 +133,3 @@ class Nudger:
         at = time.monotonic() + RETRY_S
         for b in buckets:
             self._at[b] = min(self._at[b], at)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Until ``seconds`` have passed, a wake, or the stop."""
-        self._wake.clear()
-        if self.stop.is_set():
-            return
-        wake = asyncio.ensure_future(self._wake.wait())
-        stop = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait(
-                {wake, stop},
-                timeout=None if seconds == math.inf else seconds,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            wake.cancel()
-            stop.cancel()

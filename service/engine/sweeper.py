@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
+from service.engine.loops import sleep_or_stop
 from service.stats import Stats
 from service.store.scripts import Scripts
 
@@ -57,13 +58,7 @@ class Sweeper:
                 log.warning("sweep failed: %s", exc)
             except Exception:
                 log.exception("sweep failed")
-            wake = asyncio.create_task(self.wake.wait())
-            stop = asyncio.create_task(self.stop.wait())
-            await asyncio.wait(
-                {wake, stop}, timeout=self.interval_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            wake.cancel()
-            stop.cancel()
+            await sleep_or_stop(self.stop, self.interval_s, wake=self.wake)
 
     async def sweep(self) -> int:
         """One pass over the buckets; returns how many chats it handed on."""
