@@ -13,6 +13,7 @@ from service.engine.engine import Engine
 from service.models import Batch
 from service.settings import Settings
 from service.store.connections import create_redis
+from service.store.keyspace import Keyspace, seen_entry
 from service.tooling.samples import text_webhook
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -169,3 +170,22 @@ async def crash(engine: Any) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     engine._tasks, engine._workers = [], []
+
+
+async def is_seen(redis: Any, keys: Keyspace, chat_id: str, message_id: str) -> bool:
+    """Whether the dedupe index holds the message (in any slot of its ring)."""
+    entry = seen_entry(chat_id, message_id)
+    pipe = redis.pipeline(transaction=False)
+    for key in keys.chat(chat_id).bucket.seen_ring(entry.shard):
+        pipe.sismember(key, entry.digest)
+    return any(await pipe.execute())
+
+
+async def seen_total(redis: Any, keys: Keyspace) -> int:
+    """Entries in the dedupe index (each non-empty set also holds its slot's tag)."""
+    pipe = redis.pipeline(transaction=False)
+    for bk in keys.all_buckets():
+        for ring in bk.seen_rings():
+            for key in ring:
+                pipe.scard(key)
+    return sum(max(0, n - 1) for n in await pipe.execute())

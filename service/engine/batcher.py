@@ -18,7 +18,7 @@ from service.errors import BatcherError, InvalidMessage, MessageTooLarge, RedisU
 from service.logs import emit
 from service.models import AddResult, Message, TypingResult, message_prefix
 from service.settings import Settings
-from service.store.keyspace import Keyspace, seen_member
+from service.store.keyspace import Keyspace, SeenEntry, seen_entry
 from service.store.runner import Call
 from service.store.scripts import Scripts
 
@@ -162,14 +162,14 @@ class Batcher:
             raise InvalidMessage("chat_id is not valid Unicode text") from exc
         if len(ck.timer) - len(ck.bucket.timer_prefix) > MAX_CHAT_ID_BYTES:
             raise InvalidMessage(f"chat_id is longer than {MAX_CHAT_ID_BYTES} bytes")
-        member = b""
+        seen: SeenEntry | None = None
         if msg.id:
             try:
-                member = seen_member(chat_id, msg.id)
+                seen = seen_entry(chat_id, msg.id)
             except UnicodeEncodeError as exc:
                 raise InvalidMessage("message id is not valid Unicode text") from exc
             if self.settings.dedupe_window_ms <= 0:
-                member = b""
+                seen = None
         else:
             msg = msg.model_copy(update={"id": new_id()})
         try:
@@ -184,7 +184,7 @@ class Batcher:
         target = None
         if msg.type in CHANGES and msg.target_id:
             target = (msg.type, message_prefix(msg.target_id))
-        return self.scripts.append_call(ck, member, payload, target), msg
+        return self.scripts.append_call(ck, seen, payload, target), msg
 
 
 def _log_added(r: AddResult) -> None:

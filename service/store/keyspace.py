@@ -16,7 +16,7 @@ earlier segments are fixed by the key's kind.
 | P:{bN}:due                   | zset   | none | chat -> deadline ms                |
 | P:{bN}:wake                  | string | none | next nudge ms; also a channel      |
 | P:{bN}:inflight              | zset   | none | chat -> lease deadline ms          |
-| P:{bN}:seen                  | zset   | none | digest of chat + message id -> ms  |
+| P:{bN}:seen:<shard>:<r>      | set    | none | dedupe digests of one time slot    |
 | P:{bN}:dead                  | zset   | none | dead batch id -> dead-lettered ms  |
 | P:{bN}:dead:<batch_id>       | list   | none | a dead batch's messages            |
 | P:{bN}:deadinfo:<batch_id>   | hash   | none | a dead batch's error and metadata  |
@@ -39,6 +39,11 @@ from service.settings import Settings
 
 EXPIRED_CHANNEL = "__keyevent@{db}__:expired"
 
+# The dedupe index (SeenEntry): rings of sets, per bucket.
+SEEN_SHARDS = 128
+SEEN_RING = 5
+SEEN_SLOTS_PER_WINDOW = SEEN_RING - 1
+
 
 def expired_channel(db: int = 0) -> str:
     """The pub/sub channel of expired-key events of database ``db``."""
@@ -56,11 +61,21 @@ class BucketKeys:
     due: bytes
     wake: bytes  # a key, and the pub/sub channel of the same name (lua/wake.lua)
     inflight: bytes
-    seen: bytes
+    seen_prefix: bytes  # + "<shard>:<r>" = one ring key of the dedupe index (seen_ring)
     dead: bytes
     timer_prefix: bytes  # + chat id = timer key; used by the nudge script
     buf_prefix: bytes
     meta_prefix: bytes
+
+    def seen_ring(self, shard: int) -> tuple[bytes, ...]:
+        """The dedupe index's keys for digests of ``shard``: one per time slot
+        of the ring (``SEEN_RING``), in ring order (see ``seen_entry``)."""
+        head = self.seen_prefix + str(shard).encode() + b":"
+        return tuple(head + str(r).encode() for r in range(SEEN_RING))
+
+    def seen_rings(self) -> list[tuple[bytes, ...]]:
+        """Every ring of the bucket's dedupe index (for tools and tests)."""
+        return [self.seen_ring(shard) for shard in range(SEEN_SHARDS)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +112,7 @@ class Keyspace:
             due=tag + b"due",
             wake=tag + b"wake",
             inflight=tag + b"inflight",
-            seen=tag + b"seen",
+            seen_prefix=tag + b"seen:",
             dead=tag + b"dead",
             timer_prefix=tag + b"timer:",
             buf_prefix=tag + b"buf:",
@@ -179,18 +194,42 @@ class Keyspace:
         return chat_id
 
 
-SEEN_DIGEST_BYTES = 12
+@dataclass(frozen=True, slots=True)
+class SeenEntry:
+    """A message's entry in the dedupe index: ``digest`` is kept in the ring of
+    sets of ``shard``.
+
+    Each bucket's index is ``SEEN_SHARDS`` rings of ``SEEN_RING`` sets, one set
+    per time slot of ``seen_slot_ms(window)`` (a quarter of the window,
+    rounded up), reused in turn: the append script checks the digest in the
+    five latest slots and adds it to the current one, emptying a set first
+    when it still holds an older slot (its tag member, ``-(slot + 1)``, says
+    which). Entries are thus kept for between the window and 1.25 times it, and
+    removed by the script, never by expiry. The digests are non-negative
+    63-bit integers, so Redis keeps each set as an intset (8 bytes an entry)
+    up to ``set-max-intset-entries``.
+    """
+
+    shard: int
+    digest: int
 
 
-def seen_member(chat_id: str, message_id: str) -> bytes:
+def seen_slot_ms(window_ms: int) -> int:
+    """The width of one slot of the dedupe ring for a window."""
+    return max(1, -(-window_ms // SEEN_SLOTS_PER_WINDOW))
+
+
+def seen_entry(chat_id: str, message_id: str) -> SeenEntry:
     """Dedupe entry for a message id, scoped to its chat without ambiguity.
 
-    A fixed-size digest (BLAKE2b, 12 bytes) of the chat and the id, not the
-    strings: a WhatsApp id alone is ~60 bytes, and the entries are kept for
-    the whole dedupe window. Two different messages of one bucket share an
-    entry (one would be taken for a duplicate) with odds of about n² / 2⁹⁷
-    for n entries in the window: below 10⁻¹⁴ at ten million.
+    A fixed-size digest (BLAKE2b) of the chat and the id, not the strings: a
+    WhatsApp id alone is ~60 bytes, and the entries are kept for the whole
+    dedupe window. 7 bits choose the shard, 63 are the digest. Two different
+    messages of one bucket share an entry (one would be taken for a
+    duplicate) with odds of about n² / 2⁷¹ for n entries of the bucket in the
+    window: below 10⁻⁷ at ten million.
     """
     raw = encode_chat(chat_id)
     scoped = str(len(raw)).encode() + b":" + raw + message_id.encode()
-    return hashlib.blake2b(scoped, digest_size=SEEN_DIGEST_BYTES).digest()
+    d = hashlib.blake2b(scoped, digest_size=9).digest()
+    return SeenEntry(d[8] % SEEN_SHARDS, int.from_bytes(d[:8], "big") >> 1)

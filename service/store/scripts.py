@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service.settings import Settings
-from service.store.keyspace import BucketKeys, ChatKeys, Keyspace
+from service.store.keyspace import BucketKeys, ChatKeys, Keyspace, SeenEntry, seen_slot_ms
 from service.store.runner import Call, Script, run_script, run_scripts
 
 APPEND = Script.load("append", prelude="wake")
@@ -120,23 +120,24 @@ class Scripts:
     def append_call(
         self,
         ck: ChatKeys,
-        dedupe_member: bytes,
+        seen: SeenEntry | None,
         payload: bytes,
         target: tuple[str, bytes] | None = None,
     ) -> Call:
-        """``target``: ("edit" | "revoke", the stored prefix of the message it changes)."""
+        """``seen``: the message's dedupe entry (None: no dedupe);
+        ``target``: ("edit" | "revoke", the stored prefix of the message it changes)."""
         b, s = ck.bucket, self.settings
         return (
             APPEND,
-            (ck.buf, ck.timer, ck.meta, b.due, b.seen, b.wake),
+            (ck.buf, ck.timer, ck.meta, b.due, b.wake, *b.seen_ring(seen.shard if seen else 0)),
             (
                 ck.chat_id,
-                dedupe_member,
+                str(seen.digest) if seen else b"",
                 payload,
                 s.idle_ms,
                 s.max_wait_ms,
                 s.max_messages,
-                s.dedupe_window_ms,
+                seen_slot_ms(s.dedupe_window_ms),
                 s.max_batch_bytes,
                 target[1] if target else b"",
                 target[0] if target else b"",

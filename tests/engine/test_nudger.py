@@ -109,7 +109,7 @@ async def test_append_publishes_only_deadlines_earlier_than_the_planned_wake(
 
         async def append(chat: str, idle_ms: int) -> int:
             s = settings.model_copy(update={"idle_ms": idle_ms})
-            call = Scripts(redis_client, keys, s).append_call(keys.chat(chat), b"", b'{"id":"x"}')
+            call = Scripts(redis_client, keys, s).append_call(keys.chat(chat), None, b'{"id":"x"}')
             return scripts.parse_append(await scripts.run(call)).deadline_ms
 
         first = await append("a", 10_000)

@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from service.store.keyspace import Keyspace, seen_member
+from service.store.keyspace import SEEN_RING, SEEN_SHARDS, Keyspace, seen_entry, seen_slot_ms
 from tests.helpers import HOSTILE
 
 
@@ -37,7 +37,8 @@ def test_every_key_of_a_chat_shares_its_bucket_slot(chat_id: str) -> None:
         ck.meta,
         b.due,
         b.inflight,
-        b.seen,
+        *b.seen_ring(0),
+        *b.seen_ring(SEEN_SHARDS - 1),
         b.dead,
         ks.proc(b.bucket, "abc"),
         ks.dead_batch(b.bucket, "abc"),
@@ -74,12 +75,27 @@ def test_prefix_with_braces_is_refused() -> None:
         Keyspace("bad{", 4)
 
 
-def test_seen_member_is_unambiguous() -> None:
+def test_seen_entry_is_unambiguous() -> None:
     # ("ab", "c") and ("a", "bc") must not share a dedupe entry.
-    assert seen_member("ab", "c") != seen_member("a", "bc")
+    assert seen_entry("ab", "c") != seen_entry("a", "bc")
 
 
-def test_seen_member_is_a_fixed_size_digest() -> None:
+def test_seen_entry_is_a_non_negative_63_bit_digest_and_a_shard() -> None:
     long_id = "wamid." + "H" * 200
-    assert len(seen_member("x" * 1024, long_id)) == len(seen_member("a", "b")) == 12
-    assert seen_member("a", "b") == seen_member("a", "b")
+    entries = [seen_entry("x" * 1024, long_id)] + [seen_entry("c", f"m{i}") for i in range(2000)]
+    assert all(0 <= e.digest < 2**63 and 0 <= e.shard < SEEN_SHARDS for e in entries)
+    assert len({e.shard for e in entries}) == SEEN_SHARDS  # the shards are all used
+    assert seen_entry("a", "b") == seen_entry("a", "b")
+
+
+def test_seen_ring_keys_are_distinct_per_shard_and_slot() -> None:
+    b = Keyspace("batcher", 4).bucket(1)
+    keys = [k for ring in b.seen_rings() for k in ring]
+    assert len(keys) == len(set(keys)) == SEEN_SHARDS * SEEN_RING
+    assert b.seen_ring(7)[2] == b"batcher:{b1}:seen:7:2"
+
+
+def test_seen_slots_cover_the_window_in_four() -> None:
+    assert seen_slot_ms(86_400_000) == 21_600_000
+    assert seen_slot_ms(10) == 3  # rounded up: four slots never cover less
+    assert seen_slot_ms(0) == seen_slot_ms(1) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -9,8 +11,9 @@ from redis.exceptions import ResponseError
 from service.engine.batcher import Batcher
 from service.errors import RedisUnavailable
 from service.models import Message
+from service.store.keyspace import SEEN_RING, seen_entry, seen_slot_ms
 from service.store.scripts import ClaimOutcome, Scripts, Skipped
-from tests.helpers import fast_settings
+from tests.helpers import fast_settings, poll
 
 
 def batcher_for(client: Redis, url: str, **overrides: int) -> Batcher:
@@ -47,14 +50,59 @@ async def test_duplicate_ids_are_dropped(redis_client: Redis, redis_url: str) ->
     assert await redis_client.llen(b.keys.chat("c1").buf) == 1
 
 
-async def test_dedupe_window_trims_old_entries(redis_client: Redis, redis_url: str) -> None:
-    b = batcher_for(redis_client, redis_url, dedupe_window_ms=1)
-    await b.add("c1", Message(id="old", text="a"))
-    seen = b.keys.chat("c1").bucket.seen
-    await redis_client.zadd(seen, {b"stale": 1})
-    await b.add("c1", Message(id="new", text="b"))
-    members = await redis_client.zrange(seen, 0, -1)
-    assert b"stale" not in members
+async def redis_ms(client: Redis) -> int:
+    sec, usec = await client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+async def sleep_until_ms(client: Redis, ms: int) -> None:
+    """Time is the subject here: wait for the server's clock to reach ``ms``."""
+
+    async def reached() -> bool:
+        return await redis_ms(client) >= ms
+
+    await poll(reached)
+
+
+async def test_dedupe_keeps_an_id_for_the_window_then_lets_it_in(
+    redis_client: Redis, redis_url: str
+) -> None:
+    window = 200  # four slots of 50 ms; an entry stays for 200-250 ms
+    b = batcher_for(
+        redis_client, redis_url, dedupe_window_ms=window, idle_ms=60_000, max_wait_ms=120_000
+    )
+    first = await b.add("c1", Message(id="x", text="a"))
+    assert first.accepted
+    while (now := await redis_ms(redis_client)) < first.now_ms + window - 20:
+        assert (await b.add("c1", Message(id="x", text="again"))).duplicate, now - first.now_ms
+        await asyncio.sleep(0.02)
+    await sleep_until_ms(redis_client, first.now_ms + window * 5 // 4 + 1)
+    assert (await b.add("c1", Message(id="x", text="later"))).accepted
+    assert await redis_client.llen(b.keys.chat("c1").buf) == 2
+
+
+async def test_dedupe_slot_is_emptied_by_the_next_use_of_its_set(
+    redis_client: Redis, redis_url: str
+) -> None:
+    slot = seen_slot_ms(400)
+    b = batcher_for(
+        redis_client, redis_url, dedupe_window_ms=400, idle_ms=60_000, max_wait_ms=120_000
+    )
+    a = seen_entry("c1", "a")
+    other = next(f"m{i}" for i in range(10_000) if seen_entry("c1", f"m{i}").shard == a.shard)
+    ring = b.keys.chat("c1").bucket.seen_ring(a.shard)
+    first = await b.add("c1", Message(id="a", text="a"))
+    key = ring[first.now_ms // slot % SEEN_RING]
+    assert await redis_client.sismember(key, a.digest)
+    assert await redis_client.ttl(key) == -1  # removed by the script, never by expiry
+    # The same set again, five slots later: it held an older slot, now emptied.
+    await sleep_until_ms(redis_client, (first.now_ms // slot + SEEN_RING) * slot)
+    again = await b.add("c1", Message(id=other, text="b"))
+    assert ring[again.now_ms // slot % SEEN_RING] == key
+    assert not await redis_client.sismember(key, a.digest)
+    assert await redis_client.scard(key) == 2  # the slot's tag and the new entry
+    assert await redis_client.object("encoding", key) == b"intset"
+    assert (await b.add("c1", Message(id="a", text="a again"))).accepted
 
 
 async def test_claim_outcomes(redis_client: Redis, redis_url: str) -> None:

@@ -111,11 +111,12 @@ async def test_ingest_against_redis_benchmark(redis_url: str) -> None:
 def test_benchmark_command_runs_the_services_append_call() -> None:
     cmd = benchmark_command("redis://127.0.0.1:1/0", IngestOptions(chats=77), 4)
     i = cmd.index("EVALSHA")
-    assert cmd[i + 1] == APPEND.sha and cmd[i + 2] == "6"
+    assert cmd[i + 1] == APPEND.sha and cmd[i + 2] == "10"
     assert cmd[cmd.index("-r") + 1] == "77" and cmd[cmd.index("-P") + 1] == "4"
-    keys = cmd[i + 3 : i + 9]
+    keys = cmd[i + 3 : i + 13]
     assert all("__rand_int__" in k for k in keys[:3])  # buf, timer, meta of a random chat
-    assert "__rand_int____rand_int__" in cmd[i + 10]  # a unique dedupe entry per call
+    assert all(":seen:0:" in k for k in keys[5:])  # one ring of the dedupe index
+    assert "__rand_int____rand_int__" in cmd[i + 14]  # a unique dedupe entry per call
     line = '"EVALSHA x 5 {"id":"1","text":"a, b"} 3","48508.00",' + ",".join(['"1.5"'] * 6)
     assert parse_rps("header\n" + line) == 48508.0
 

@@ -38,10 +38,11 @@ from redis.exceptions import RedisError
 from service.store.backlog import read_backlog
 from service.store.connections import create_redis
 from service.store.embedded import RedisServer
-from service.store.keyspace import Keyspace, seen_member
+from service.store.keyspace import Keyspace
 from service.tooling.procs import ServiceProc
 from service.tooling.sink import HANG, Received, Reply, Sink
 from tests.helpers import FIXTURES as FIXTURES_ROOT
+from tests.helpers import is_seen
 
 FIXTURES = FIXTURES_ROOT / "whatsapp"
 
@@ -861,8 +862,7 @@ async def test_every_accepted_message_can_be_forwarded(
                 accepted.append(chat)
             else:
                 assert "data" in r.text, r.text
-                seen = KEYS.chat(chat).bucket.seen
-                assert await rc.zscore(seen, seen_member(chat, "m1")) is None  # not stored
+                assert not await is_seen(rc, KEYS, chat, "m1")  # not stored
 
         async def settled() -> bool:
             for chat in accepted:

@@ -54,11 +54,11 @@ from redis.asyncio import Redis
 
 from service.engine.engine import Engine
 from service.store.backlog import read_backlog
-from service.store.keyspace import Keyspace, seen_member
+from service.store.keyspace import Keyspace
 from service.store.rejected import RejectedStore
 from service.tooling.samples import WA_OBJECT, wa_text, wa_value, wa_webhook
 from service.web.body import MAX_BODY_BYTES, MAX_MESSAGES_PER_POST
-from tests.helpers import HOSTILE, Collector, app_client
+from tests.helpers import HOSTILE, Collector, app_client, is_seen, seen_total
 
 T = TypeVar("T")
 
@@ -595,10 +595,7 @@ class Fuzz:
 
     async def seen_total(self) -> int:
         """Entries in the dedupe index: one per stored message that has an id."""
-        pipe = self.redis.pipeline(transaction=False)
-        for bk in self.keys.all_buckets():
-            pipe.zcard(bk.seen)
-        return sum(await pipe.execute())
+        return await seen_total(self.redis, self.keys)
 
     async def post(
         self, path: str, body: bytes, headers: dict[str, str] | None = None
@@ -667,8 +664,7 @@ class Fuzz:
         return ids
 
     async def stored_in_redis(self, chat_id: str, message_id: str) -> bool:
-        bk = self.keys.chat(chat_id).bucket
-        return await self.redis.zscore(bk.seen, seen_member(chat_id, message_id)) is not None
+        return await is_seen(self.redis, self.keys, chat_id, message_id)
 
     async def rejected_by_id(self) -> dict[str, list[Any]]:
         """The raw objects in the rejected store that carry a string ``id``, by id."""

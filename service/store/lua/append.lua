@@ -5,15 +5,16 @@
 -- KEYS[2] = timer   P:{bN}:timer:<chat> (string with PX: its expiry means "idle")
 -- KEYS[3] = meta    P:{bN}:meta:<chat>  (hash)
 -- KEYS[4] = due     P:{bN}:due          (zset chat -> deadline ms)
--- KEYS[5] = seen    P:{bN}:seen         (zset dedupe member -> received ms)
--- KEYS[6] = wake    P:{bN}:wake         (the moment the bucket's nudger wakes; see wake.lua)
+-- KEYS[5] = wake    P:{bN}:wake         (the moment the bucket's nudger wakes; see wake.lua)
+-- KEYS[6..10] = the dedupe ring of the message's shard, P:{bN}:seen:<shard>:<0..4>
+--           (sets of digests, one per time slot; keyspace.SeenEntry)
 -- ARGV[1] = chat id
--- ARGV[2] = dedupe member ("" = no dedupe)
+-- ARGV[2] = dedupe digest (a non-negative 63-bit integer; "" = no dedupe)
 -- ARGV[3] = message JSON
 -- ARGV[4] = idle_ms
 -- ARGV[5] = max_wait_ms
 -- ARGV[6] = max_messages
--- ARGV[7] = dedupe_window_ms
+-- ARGV[7] = the dedupe ring's slot width in ms (a quarter of the window, rounded up)
 -- ARGV[8] = max_batch_bytes (the batch closes at once when its messages reach this size)
 -- ARGV[9] = "" or how the stored JSON of the message to change begins ('{"id":<id>,')
 -- ARGV[10] = "edit" or "revoke" (with ARGV[9])
@@ -27,16 +28,35 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local chat = ARGV[1]
 
-if ARGV[2] ~= '' and redis.call('ZSCORE', KEYS[5], ARGV[2]) then
-  local d = redis.call('ZSCORE', KEYS[4], chat)
-  return {0, tonumber(d or 0), redis.call('LLEN', KEYS[1]), now,
-    tonumber(redis.call('HGET', KEYS[3], 'opened') or now)}
+-- The dedupe ring: slot s lives in KEYS[6 + s % 5], tagged by the member
+-- -(s + 1) (digests are never negative). The five latest slots cover at
+-- least the window; a set whose tag is not its latest slot's is stale.
+local slot = math.floor(now / tonumber(ARGV[7]))
+local slot_key = KEYS[6 + slot % 5]
+local slot_tag = string.format('%d', -(slot + 1))
+local slot_fresh = false  -- slot_key already holds this slot
+if ARGV[2] ~= '' then
+  for back = 0, 4 do
+    local s = slot - back
+    local tag = string.format('%d', -(s + 1))
+    local got = redis.call('SMISMEMBER', KEYS[6 + s % 5], tag, ARGV[2])
+    if back == 0 then slot_fresh = got[1] == 1 end
+    if got[1] == 1 and got[2] == 1 then
+      local d = redis.call('ZSCORE', KEYS[4], chat)
+      return {0, tonumber(d or 0), redis.call('LLEN', KEYS[1]), now,
+        tonumber(redis.call('HGET', KEYS[3], 'opened') or now)}
+    end
+  end
 end
 
 local function remember()
   if ARGV[2] ~= '' then
-    redis.call('ZADD', KEYS[5], now, ARGV[2])
-    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. string.format('%d', now - tonumber(ARGV[7])))
+    if not slot_fresh then
+      redis.call('DEL', slot_key)  -- the entries of five slots ago: out of the window
+      redis.call('SADD', slot_key, slot_tag, ARGV[2])
+    else
+      redis.call('SADD', slot_key, ARGV[2])
+    end
   end
 end
 
@@ -51,7 +71,7 @@ local function arm(count, opened, size)
   end
   redis.call('SET', KEYS[2], '1', 'PX', math.max(deadline - now, 1))
   redis.call('ZADD', KEYS[4], deadline, chat)
-  wake(KEYS[6], deadline)
+  wake(KEYS[5], deadline)
   return deadline
 end
 

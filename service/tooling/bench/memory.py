@@ -180,14 +180,29 @@ async def key_sizes(client: Redis, batcher: Batcher, chats: list[str]) -> dict[s
             for c in chats
         ]
         out[kind] = round(sum(sizes) / len(sizes), 1)
-    for kind in ("due", "seen"):
-        total = members = 0
-        for bk in batcher.keys.all_buckets():
-            key = getattr(bk, kind)
-            total += int(await client.memory_usage(key, samples=0) or 0)
-            members += int(await client.zcard(key))
-        out[f"{kind} (per entry)"] = round(total / max(1, members), 1)
+    total = members = 0
+    for bk in batcher.keys.all_buckets():
+        total += int(await client.memory_usage(bk.due, samples=0) or 0)
+        members += int(await client.zcard(bk.due))
+    out["due (per entry)"] = round(total / max(1, members), 1)
+    out["seen (per entry)"] = await seen_per_entry(client, batcher)
     return out
+
+
+async def seen_per_entry(client: Redis, batcher: Batcher) -> float:
+    """The dedupe index's bytes per entry: every set of every ring of every
+    bucket (each set also holds one tag member, not an entry)."""
+    keys = [k for bk in batcher.keys.all_buckets() for ring in bk.seen_rings() for k in ring]
+    total = members = 0
+    for lo in range(0, len(keys), CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for key in keys[lo : lo + CHUNK]:
+            pipe.memory_usage(key, samples=0)
+            pipe.scard(key)
+        got = await pipe.execute()
+        total += sum(int(b or 0) for b in got[::2])
+        members += sum(max(0, int(n) - 1) for n in got[1::2])
+    return round(total / max(1, members), 1)
 
 
 async def idle_cpu(client: Redis, url: str, n: int, seconds: float) -> dict[str, float]:
