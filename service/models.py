@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from service.packing import pack, unpack
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Deeper JSON in a message's ``data`` is refused when the message is made: it
@@ -106,7 +108,8 @@ class Message(BaseModel):
     channel: dict[str, str] | None = Field(default=None, exclude=True)
 
     def stored_json(self) -> bytes:
-        """The JSON kept in Redis (``received_at`` travels beside it).
+        """The JSON kept in Redis (``received_at`` travels beside it), with
+        each value once (``service.packing``).
 
         ``id`` comes first: the append script finds a message by that prefix.
         """
@@ -116,7 +119,7 @@ class Message(BaseModel):
         doc = {"id": self.id, "type": self.type, "source": self.source} | doc
         if self.channel:
             doc["channel"] = self.channel
-        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(pack(doc), ensure_ascii=False, separators=(",", ":"))
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:
@@ -157,7 +160,7 @@ def decode_item(raw: bytes) -> Message:
 
 
 def _decode(received_ms: bytes, body: bytes) -> Message:
-    doc = json.loads(body)
+    doc = unpack(json.loads(body))
     doc["received_at"] = int(received_ms) / 1000
     if doc.keys() <= _PLAIN_KEYS:
         # Written by this service from a validated Message: no need to validate

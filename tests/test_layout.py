@@ -17,6 +17,7 @@ PACKAGE = REPO_ROOT / "service"
 CORE = {
     "service.settings",
     "service.models",
+    "service.packing",
     "service.errors",
     "service.logs",
     "service.stats",
