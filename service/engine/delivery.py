@@ -164,7 +164,7 @@ class Delivery:
             took_ms = (time.time() - started) * 1000
             self.stats.handler_seconds.observe(took_ms / 1000)
             if error is None:
-                return await self._ack(ck, batch, took_ms=took_ms, lag_ms=lag_ms)
+                return await self._ack(ck, batch, token, took_ms=took_ms, lag_ms=lag_ms)
             backoff_ms = self.backoff_ms(batch.attempt)
             res = await self._nack(ck, batch, token, error, backoff_ms)
             if res.lost or res.dead:
@@ -206,15 +206,25 @@ class Delivery:
             return f"TimeoutError: handler still running after {s.handler_timeout_ms} ms"
         return None
 
-    async def _ack(self, ck: ChatKeys, batch: Batch, *, took_ms: float, lag_ms: float) -> bool:
-        """Acknowledge the batch; whether the chat's next batch is due now."""
-        raw = await self._call(self.scripts.ack_call(ck, batch.batch_id))
+    async def _ack(
+        self, ck: ChatKeys, batch: Batch, token: str, *, took_ms: float, lag_ms: float
+    ) -> bool:
+        """Acknowledge the batch; whether the chat's next batch is due now.
+
+        An ack under a lease that ran out is refused when the batch was
+        redelivered meanwhile: that attempt may still be at the handler, and
+        the chat's next batch must not start beside it. It delivers again.
+        """
+        raw = await self._call(self.scripts.ack_call(ck, batch.batch_id, token))
+        fields: dict[str, Any] = {"chat": batch.chat_id, "batch": batch.batch_id}
+        if not int(raw[0]):
+            emit(log, "lease_lost", **fields)
+            return bool(int(raw[1]))
         self.stats.delivered += 1
         emit(
             log,
             "delivered",
-            chat=batch.chat_id,
-            batch=batch.batch_id,
+            **fields,
             size=len(batch.messages),
             duration_ms=round(took_ms, 1),
             lag_ms=round(lag_ms, 1),

@@ -216,12 +216,12 @@ class Scripts:
             items=list(raw[7]),
         )
 
-    def ack_call(self, ck: ChatKeys, batch_id: str) -> Call:
+    def ack_call(self, ck: ChatKeys, batch_id: str, token: str) -> Call:
         b = ck.bucket
         return (
             ACK,
             (ck.meta, b.inflight, self.keys.proc(b.bucket, batch_id), ck.buf, ck.timer, b.due),
-            (ck.chat_id, batch_id),
+            (ck.chat_id, batch_id, token),
         )
 
     def nack_call(

@@ -135,13 +135,42 @@ async def test_claim_outcomes(redis_client: Redis, redis_url: str) -> None:
     assert await redis_client.zscore(ck.bucket.due, "c1") == lease
 
     # ack: b1 gone, the waiting batch is due at once
-    acked, nxt = await s.run(s.ack_call(ck, "b1"))
+    assert (await s.run(s.ack_call(ck, "b1", "not-the-lease")))[0] == 0  # not this attempt's
+    assert await redis_client.exists(proc)
+    acked, nxt = await s.run(s.ack_call(ck, "b1", "tok"))
     assert (acked, nxt) == (1, 1)
     assert not await redis_client.exists(proc)
     got = Scripts.parse_claim(await s.run(claim("b4")))
     assert not isinstance(got, Skipped) and got.seq == 2
     # acking twice is harmless
-    assert (await s.run(s.ack_call(ck, "b1")))[0] == 0
+    assert (await s.run(s.ack_call(ck, "b1", "tok")))[0] == 0
+
+
+async def test_an_ack_after_a_redelivery_leaves_the_chat_to_the_new_attempt(
+    redis_client: Redis, redis_url: str
+) -> None:
+    # Attempt 1's lease ran out (Redis was away when it finished) and the batch
+    # was redelivered; attempt 1's late ack must not let the chat's next batch
+    # start while attempt 2 may still be at the handler.
+    b = batcher_for(redis_client, redis_url)
+    s: Scripts = b.scripts
+    ck = b.keys.chat("c1")
+    await b.add("c1", "first")
+    await redis_client.delete(ck.timer)
+    assert not isinstance(
+        Scripts.parse_claim(await s.run(s.claim_call(ck, "b1", "t1", recovered=False))), Skipped
+    )
+    await redis_client.zadd(ck.bucket.inflight, {"c1": 1})  # the lease ran out
+    again = Scripts.parse_claim(await s.run(s.redeliver_call(ck, "b1", "t2")))
+    assert not isinstance(again, Skipped) and again.attempt == 2
+    await b.add("c1", "next")
+    await redis_client.delete(ck.timer)
+    assert (await s.run(s.ack_call(ck, "b1", "t1")))[0] == 0
+    busy = Scripts.parse_claim(await s.run(s.claim_call(ck, "b2", "t3", recovered=False)))
+    assert busy == Skipped(ClaimOutcome.BUSY)
+    assert (await s.run(s.ack_call(ck, "b1", "t2"))) == [1, 1]
+    got = Scripts.parse_claim(await s.run(s.claim_call(ck, "b2", "t3", recovered=False)))
+    assert not isinstance(got, Skipped) and got.seq == 2
 
 
 async def test_only_timers_ever_expire(redis_client: Redis, redis_url: str) -> None:

@@ -144,6 +144,7 @@ async def measure_shape(
     # In flight: the timers are gone (as when they expire), the claim script
     # takes every batch; nobody acks.
     batch_ids: list[str] = []
+    tokens: list[str] = []
     for lo in range(0, n, CHUNK):
         group = chats[lo : lo + CHUNK]
         pipe = client.pipeline(transaction=False)
@@ -151,19 +152,23 @@ async def measure_shape(
             pipe.delete(keys.chat(chat).timer)
         await pipe.execute()
         ids = [new_id() for _ in group]
+        leases = [new_id() for _ in group]
         calls = [
-            scripts.claim_call(keys.chat(c), b, new_id(), recovered=False)
-            for c, b in zip(group, ids, strict=True)
+            scripts.claim_call(keys.chat(c), b, t, recovered=False)
+            for c, b, t in zip(group, ids, leases, strict=True)
         ]
         got = await scripts.run_many(calls)
         assert all(int(r[0]) == 1 for r in got), "a claim did not take its batch"
         batch_ids += ids
+        tokens += leases
         progress.update(task, advance=len(group))
     inflight = await per_batch(client, base, n)
 
     for lo in range(0, n, CHUNK):
-        pairs = zip(chats[lo : lo + CHUNK], batch_ids[lo : lo + CHUNK], strict=True)
-        await scripts.run_many([scripts.ack_call(keys.chat(c), b) for c, b in pairs])
+        rows = zip(
+            chats[lo : lo + CHUNK], batch_ids[lo : lo + CHUNK], tokens[lo : lo + CHUNK], strict=True
+        )
+        await scripts.run_many([scripts.ack_call(keys.chat(c), b, t) for c, b, t in rows])
         progress.update(task, advance=min(CHUNK, n - lo))
     after_ack = await per_batch(client, base, n)
     progress.remove_task(task)
