@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from service import Batch, Message
-from service.models import MAX_DATA_DEPTH
+from service.models import MAX_DATA_DEPTH, decode_item, read_json
 from tests.helpers import running_engine, wait_until
 
 
@@ -81,3 +81,24 @@ def test_an_edit_changes_what_it_carries_and_keeps_the_rest() -> None:
     unreadable = recaptioned.with_edit(Message(id="e2", type="edit", sent_at=6.0))
     assert unreadable.text == "new caption" and unreadable.edited_at == 6.0
     assert [h.id for h in unreadable.history] == ["e1", "e2"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"n": 12345678901234567890123, "m": 9223372036854775807}',  # integers stay integers
+        b'{"s": "\\ud800 lone", "e": "\\u00e9"}',  # a lone surrogate escape
+        '{"t": "utf-16"}'.encode("utf-16"),
+        b'{"f": 1e400, "g": -0.0, "h": 1e-7}',
+        b'[1, 2.5, "x", null, true, {"a": [{}]}]',
+    ],
+)
+def test_read_json_reads_as_the_standard_parser(body: bytes) -> None:
+    got, want = read_json(body), json.loads(body)
+    assert repr(got) == repr(want)  # same values and the same types (int stays int)
+
+
+def test_stored_json_round_trips_what_orjson_cannot_write() -> None:
+    message = Message(id="m1", text="a", data={"big": 2**70, "odd": "\ud800"})
+    back = decode_item(b"1\t" + message.stored_json())
+    assert back.data == {"big": 2**70, "odd": "\ufffd"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -11,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from service.logs import emit
+from service.models import read_json
 
 log = logging.getLogger(__name__)
 REFUSED_EVERY_S = 10.0  # at most one "refused" line per endpoint and reason this often
@@ -47,7 +47,7 @@ def _no_constants(name: str) -> Any:
 def parse_json(body: bytes) -> Any:
     """Strict JSON or ValueError (bad UTF-8, bad JSON, NaN/Infinity, absurd nesting)."""
     try:
-        return json.loads(body, parse_constant=_no_constants)
+        return read_json(body, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"body is not valid JSON: {str(exc)[:200]}") from None
 
