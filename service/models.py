@@ -111,17 +111,16 @@ class Message(BaseModel):
 
     def stored_json(self) -> bytes:
         """The JSON kept in Redis (``received_at`` travels beside it), with
-        each value once (``service.packing``).
+        each value once (``service.packing``). The channel is not in it: the
+        append script adds it when the chat's open batch does not have it yet
+        (``store/lua/items.lua``; ``channel_json``).
 
         ``id`` comes first: the append script finds a message by that prefix.
         """
         doc = self.model_dump(
             exclude_defaults=True, exclude={"id", "received_at", "channel", "history"}
         )
-        doc = {"id": self.id, "type": self.type, "source": self.source} | doc
-        if self.channel:
-            doc["channel"] = self.channel
-        doc = pack(doc)
+        doc = pack({"id": self.id, "type": self.type, "source": self.source} | doc)
         try:
             return orjson.dumps(doc)
         except TypeError:
@@ -146,6 +145,11 @@ class Message(BaseModel):
             old = self.media.model_dump(exclude_none=True) if self.media else {}
             update["media"] = Media(**old | edit.media.model_dump(exclude_none=True))
         return self.model_copy(update=update)
+
+
+def channel_json(channel: dict[str, str] | None) -> bytes:
+    """A message's channel as the append script stores it (b"" for none)."""
+    return orjson.dumps(channel) if channel else b""
 
 
 def message_prefix(message_id: str) -> bytes:
@@ -201,8 +205,15 @@ _PLAIN_KEYS = frozenset(("id", "type", "text", "sent_at", "received_at", "source
 
 
 def order_messages(items: list[bytes]) -> list[Message]:
-    """Messages by ``sent_at`` (when the sender gave one), then arrival."""
+    """Messages by ``sent_at`` (when the sender gave one), then arrival; each
+    with its channel (stored only where it changes, see ``channel_json``)."""
     messages = [decode_item(raw) for raw in items]
+    current: dict[str, str] | None = None
+    for m in messages:  # an item without a channel has the one stored before it
+        if m.channel:
+            current = m.channel
+        elif current:
+            m.channel = current
     keyed = sorted(
         enumerate(messages),
         key=lambda im: (

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from service.engine.coalescer import Coalescer
 from service.errors import BatcherError, InvalidMessage, MessageTooLarge, RedisUnavailable
 from service.logs import emit
-from service.models import AddResult, Message, TypingResult, message_prefix
+from service.models import AddResult, Message, TypingResult, channel_json, message_prefix
 from service.settings import Settings
 from service.store.keyspace import Keyspace, SeenEntry, seen_entry
 from service.store.runner import Call
@@ -184,7 +184,8 @@ class Batcher:
         target = None
         if msg.type in CHANGES and msg.target_id:
             target = (msg.type, message_prefix(msg.target_id))
-        return self.scripts.append_call(ck, seen, payload, target), msg
+        call = self.scripts.append_call(ck, seen, payload, target, channel_json(msg.channel))
+        return call, msg
 
 
 def _log_added(r: AddResult) -> None:

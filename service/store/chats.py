@@ -18,9 +18,9 @@ from service.store.deadletters import DeadBatch, dead_of_chat
 from service.store.keyspace import ChatKeys, Keyspace
 from service.store.runner import Arg, Script, run_script
 
-FLUSH = Script.load("flush", prelude="wake")
-HOLD = Script.load("hold", prelude="wake")
-RELEASE = Script.load("release", prelude="wake")
+FLUSH = Script.load("flush", prelude=("wake",))
+HOLD = Script.load("hold", prelude=("wake",))
+RELEASE = Script.load("release", prelude=("wake",))
 DROP = Script.load("drop")
 
 DROPPED = "dropped by an operator"

@@ -32,12 +32,11 @@ class Script:
     sha: str
 
     @classmethod
-    def load(cls, name: str, *, prelude: str | None = None) -> Script:
-        """``lua/<name>.lua``, after ``lua/<prelude>.lua`` (shared functions) if given."""
+    def load(cls, name: str, *, prelude: tuple[str, ...] = ()) -> Script:
+        """``lua/<name>.lua``, after each ``lua/<prelude>.lua`` (shared functions)."""
         lua = resources.files("service.store").joinpath("lua")
-        source = lua.joinpath(f"{name}.lua").read_text("utf-8")
-        if prelude is not None:
-            source = lua.joinpath(f"{prelude}.lua").read_text("utf-8") + source
+        parts = [lua.joinpath(f"{part}.lua").read_text("utf-8") for part in (*prelude, name)]
+        source = "".join(parts)
         return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 

@@ -9,6 +9,7 @@ cache, WAIT for replicas).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,15 +20,15 @@ from service.settings import Settings
 from service.store.keyspace import BucketKeys, ChatKeys, Keyspace, SeenEntry, seen_slot_ms
 from service.store.runner import Call, Script, run_script, run_scripts
 
-APPEND = Script.load("append", prelude="wake")
-CLAIM = Script.load("claim", prelude="wake")
+APPEND = Script.load("append", prelude=("wake", "items"))
+CLAIM = Script.load("claim", prelude=("wake", "items"))
 ACK = Script.load("ack")
 NACK = Script.load("nack")
 LEASE = Script.load("lease")
 REDELIVER = Script.load("redeliver")
 NUDGE = Script.load("nudge")
 SCAN = Script.load("scan")
-TYPING = Script.load("typing", prelude="wake")
+TYPING = Script.load("typing", prelude=("wake",))
 
 # --- typed results ---------------------------------------------------------
 
@@ -123,9 +124,11 @@ class Scripts:
         seen: SeenEntry | None,
         payload: bytes,
         target: tuple[str, bytes] | None = None,
+        channel: bytes = b"",
     ) -> Call:
         """``seen``: the message's dedupe entry (None: no dedupe);
-        ``target``: ("edit" | "revoke", the stored prefix of the message it changes)."""
+        ``target``: ("edit" | "revoke", the stored prefix of the message it changes);
+        ``channel``: its channel's JSON (``models.channel_json``), stored once per batch."""
         b, s = ck.bucket, self.settings
         return (
             APPEND,
@@ -141,6 +144,8 @@ class Scripts:
                 s.max_batch_bytes,
                 target[1] if target else b"",
                 target[0] if target else b"",
+                channel,
+                hashlib.blake2b(channel, digest_size=8).digest() if channel else b"",
             ),
         )
 
@@ -312,7 +317,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-REPLAY = Script.load("replay", prelude="wake")
+REPLAY = Script.load("replay", prelude=("wake",))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,9 @@
 -- ARGV[8] = max_batch_bytes (the batch closes at once when its messages reach this size)
 -- ARGV[9] = "" or how the stored JSON of the message to change begins ('{"id":<id>,')
 -- ARGV[10] = "edit" or "revoke" (with ARGV[9])
+-- ARGV[11] = the message's channel JSON ("" = none), stored once (see items.lua)
+-- ARGV[12] = a digest of ARGV[11]: meta 'ch' holds the one the open batch's
+--            latest stored channel has, so an equal one is not stored again
 -- Returns {status, deadline_ms, count, now_ms, opened_ms}. Status:
 --   1 appended, 0 duplicate,
 --   2 edit applied: "\t<received_ms>\t<json>" added to the original's item,
@@ -91,8 +94,18 @@ if ARGV[9] ~= '' then
           remember()
           redis.call('DEL', KEYS[1], KEYS[2])
           redis.call('ZREM', KEYS[4], chat)
-          redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes', 'held', 'manual')
+          redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes', 'held', 'manual', 'ch')
           return {4, 0, 0, now, opened}
+        end
+        local part = carried(item)
+        if part then
+          -- The channel goes to the next item, unless it has its own; the
+          -- latest stored channel may change: the next append stores its own.
+          redis.call('HDEL', KEYS[3], 'ch')
+          if i < #items and not carried(items[i + 1]) then
+            redis.call('LSET', KEYS[1], i, carrying(items[i + 1], part))
+            redis.call('HINCRBY', KEYS[3], 'bytes', #part)
+          end
         end
         -- LSET then LREM of a value no stored item can have (items start with digits).
         redis.call('LSET', KEYS[1], i - 1, '-')
@@ -114,8 +127,17 @@ end
 -- RPUSH is the first write and is refused under maxmemory (noeviction), so
 -- an out-of-memory append stops here having written nothing: the timer is
 -- not refreshed for a message that was not stored.
-local count = redis.call('RPUSH', KEYS[1], string.format('%d', now) .. '\t' .. ARGV[3])
+local json = ARGV[3]
+local carries = ARGV[11] ~= '' and
+  (redis.call('HGET', KEYS[3], 'ch') ~= ARGV[12] or redis.call('EXISTS', KEYS[1]) == 0)
+if carries then
+  json = string.sub(json, 1, -2) .. ',"channel":' .. ARGV[11] .. '}'
+end
+local count = redis.call('RPUSH', KEYS[1], string.format('%d', now) .. '\t' .. json)
 remember()
+if carries then
+  redis.call('HSET', KEYS[3], 'ch', ARGV[12])
+end
 
 local opened = tonumber(redis.call('HGET', KEYS[3], 'opened'))
 if count == 1 or not opened then
@@ -123,5 +145,5 @@ if count == 1 or not opened then
   redis.call('HDEL', KEYS[3], 'held', 'manual')  -- a new batch starts unheld
 end
 redis.call('HSET', KEYS[3], 'opened', opened, 'last', now)
-local size = redis.call('HINCRBY', KEYS[3], 'bytes', string.len(ARGV[3]))
+local size = redis.call('HINCRBY', KEYS[3], 'bytes', string.len(json))
 return {1, arm(count, opened, size), count, now, opened}

@@ -46,7 +46,7 @@ if redis.call('HEXISTS', KEYS[3], 'batch') == 1 then
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[4], chat)
-  redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes', 'held', 'manual')
+  redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes', 'held', 'manual', 'ch')
   return {5}
 end
 
@@ -72,6 +72,18 @@ end
 if count > max then
   -- Messages that arrived after the batch filled up open the next batch.
   local extra = redis.call('LRANGE', KEYS[6], max, -1)
+  if not carried(extra[1]) then
+    -- The next batch's first item carries the channel (items.lua): the one
+    -- in effect where the list is cut, if any.
+    local taken = redis.call('LRANGE', KEYS[6], 0, max - 1)
+    for j = #taken, 1, -1 do
+      local part = carried(taken[j])
+      if part then
+        extra[1] = carrying(extra[1], part)
+        break
+      end
+    end
+  end
   redis.call('LTRIM', KEYS[6], 0, max - 1)
   for i = 1, #extra, 1000 do
     redis.call('RPUSH', KEYS[1], unpack(extra, i, math.min(i + 999, #extra)))
@@ -91,7 +103,7 @@ if count > max then
   redis.call('ZADD', KEYS[4], next_deadline, chat)
   wake(KEYS[7], next_deadline)
 else
-  redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes', 'held', 'manual')
+  redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes', 'held', 'manual', 'ch')
   redis.call('ZREM', KEYS[4], chat)
 end
 

@@ -78,6 +78,7 @@ else
   end
 end
 redis.call('PERSIST', KEYS[1])
+redis.call('HDEL', KEYS[3], 'ch')  -- the latest stored channel may be another now (items.lua)
 
 local opened = tonumber(redis.call('HGET', KEYS[3], 'opened') or '')
 if had_buf and opened and opened <= now then
