@@ -10,6 +10,12 @@ message is read. A value is dropped only when rebuilding it gives an equal
 value of the same type, so the delivered message is the one that came in
 (only the order of the keys of ``data`` can differ).
 
+The members every message has are stored under one-letter names (``SHORT``,
+and the sender's ``SHORT_SENDER``), ``type`` and ``source`` not at all when
+they are the defaults ("text", "api"), and a ``sent_at`` of whole seconds as
+an integer. ``id`` stays first and whole: the append script finds a message
+by the prefix ``{"id":<id>,``.
+
 The rules are data, here, so that every process reads what any other wrote,
 whatever providers it has loaded. Rules are only ever appended to a source's
 tuple: the bits of stored messages name them by position.
@@ -61,6 +67,14 @@ RULES: dict[str, tuple[Copy, ...]] = {
 }
 
 
+# Stored names of the members every message has; none is a Message field.
+SHORT = {"type": "t", "source": "s", "text": "x", "sent_at": "a", "sender": "u", "data": "d"}
+_LONG = {short: name for name, short in SHORT.items()}
+SHORT_SENDER = {"name": "n", "phone": "p", "user_id": "b", "username": "h", "country_code": "c"}
+_LONG_SENDER = {short: name for name, short in SHORT_SENDER.items()}
+_DEFAULTS = {"type": "text", "source": "api"}
+
+
 def _get(doc: Any, path: Path) -> Any:
     for key in path:
         if not isinstance(doc, dict) or key not in doc:
@@ -93,7 +107,8 @@ def _put(doc: dict[str, Any], path: Path, value: Any) -> None:
 
 
 def pack(doc: dict[str, Any]) -> dict[str, Any]:
-    """``doc`` without the values its rules can give back (changed in place)."""
+    """``doc`` without the values its rules can give back, under its stored
+    names (``doc`` itself is changed too)."""
     rules = RULES.get(doc.get("source", ""), ())
     mask = 0
     for bit, rule in enumerate(rules):
@@ -106,11 +121,29 @@ def pack(doc: dict[str, Any]) -> dict[str, Any]:
             mask |= 1 << bit
     if mask:
         doc[PACKED] = mask
-    return doc
+    for name, default in _DEFAULTS.items():
+        if doc.get(name) == default:
+            del doc[name]
+    sent_at = doc.get("sent_at")
+    if isinstance(sent_at, float) and sent_at.is_integer() and abs(sent_at) < 2**53:
+        doc["sent_at"] = int(sent_at)
+    sender = doc.get("sender")
+    if isinstance(sender, dict):
+        doc["sender"] = {SHORT_SENDER.get(k, k): v for k, v in sender.items()}
+    return {SHORT.get(k, k): v for k, v in doc.items()}
 
 
 def unpack(doc: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of ``pack`` (changed in place); a document without ``"~"`` is as stored."""
+    """Inverse of ``pack``; a document stored before packing comes back as it is."""
+    doc = {_LONG.get(k, k): v for k, v in doc.items()}
+    for name, default in _DEFAULTS.items():
+        doc.setdefault(name, default)
+    sent_at = doc.get("sent_at")
+    if isinstance(sent_at, int) and not isinstance(sent_at, bool):
+        doc["sent_at"] = float(sent_at)
+    sender = doc.get("sender")
+    if isinstance(sender, dict):
+        doc["sender"] = {_LONG_SENDER.get(k, k): v for k, v in sender.items()}
     mask = doc.pop(PACKED, 0)
     if not mask:
         return doc
