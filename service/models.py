@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +35,26 @@ def nesting_exceeds(node: object, limit: int = MAX_DATA_DEPTH) -> bool:
     return False
 
 
+def _non_finite(node: object) -> bool:
+    """Whether a float in ``node`` is NaN or infinite (no recursion)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def _shallow_enough(value: Any) -> Any:
     if nesting_exceeds(value):
         raise ValueError(f"nested deeper than {MAX_DATA_DEPTH} levels")
+    if _non_finite(value):
+        raise ValueError("holds NaN or an infinite number, which JSON cannot carry")
     return value
 
 
@@ -85,7 +103,7 @@ class Message(BaseModel):
     are the provider's fields, read once so that a bot need not parse them.
     """
 
-    model_config = ConfigDict(validate_assignment=True)
+    model_config = ConfigDict(validate_assignment=True, allow_inf_nan=False)
 
     id: str
     type: str = "text"
@@ -148,8 +166,14 @@ class Message(BaseModel):
 
 
 def channel_json(channel: dict[str, str] | None) -> bytes:
-    """A message's channel as the append script stores it (b"" for none)."""
-    return orjson.dumps(channel) if channel else b""
+    """A message's channel as the append script stores it (b"" for none).
+
+    The scripts find where a stored channel ends by its only ``}``: one
+    inside a key or a value is written ``\\u007d``, the same JSON."""
+    if not channel:
+        return b""
+    raw = orjson.dumps(channel)
+    return raw[:-1].replace(b"}", b"\\u007d") + b"}"
 
 
 def message_prefix(message_id: str) -> bytes:
@@ -164,7 +188,11 @@ _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_DIGITS = b"0" * 19
 
 
-def read_json(body: bytes, parse_constant: Callable[[str], Any] | None = None) -> Any:
+def read_json(
+    body: bytes,
+    parse_constant: Callable[[str], Any] | None = None,
+    parse_float: Callable[[str], Any] | None = None,
+) -> Any:
     """``json.loads``, done by orjson where the two read alike: orjson refuses
     lone surrogate escapes, UTF-16 and numbers beyond a double, which the
     standard parser then reads, and would read an integer of 20 digits as a
@@ -175,7 +203,7 @@ def read_json(body: bytes, parse_constant: Callable[[str], Any] | None = None) -
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(body, parse_constant=parse_constant)
+    return json.loads(body, parse_constant=parse_constant, parse_float=parse_float)
 
 
 def decode_item(raw: bytes) -> Message:

@@ -23,6 +23,7 @@ tuple: the bits of stored messages name them by position.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,12 @@ def _put(doc: dict[str, Any], path: Path, value: Any) -> None:
     doc[path[-1]] = value
 
 
+def _whole(value: float) -> bool:
+    """Written as an integer and read back the same: whole, exact, not -0.0."""
+    negative_zero = value == 0 and math.copysign(1.0, value) < 0
+    return value.is_integer() and abs(value) < 2**53 and not negative_zero
+
+
 def pack(doc: dict[str, Any]) -> dict[str, Any]:
     """``doc`` without the values its rules can give back, under its stored
     names (``doc`` itself is changed too)."""
@@ -125,7 +132,7 @@ def pack(doc: dict[str, Any]) -> dict[str, Any]:
         if doc.get(name) == default:
             del doc[name]
     sent_at = doc.get("sent_at")
-    if isinstance(sent_at, float) and sent_at.is_integer() and abs(sent_at) < 2**53:
+    if isinstance(sent_at, float) and _whole(sent_at):
         doc["sent_at"] = int(sent_at)
     sender = doc.get("sender")
     if isinstance(sender, dict):

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from service import Batch, Message
 from service.models import MAX_DATA_DEPTH, decode_item, read_json
+from service.web.body import parse_json
 from tests.helpers import running_engine, wait_until
 
 
@@ -102,3 +103,22 @@ def test_stored_json_round_trips_what_orjson_cannot_write() -> None:
     message = Message(id="m1", text="a", data={"big": 2**70, "odd": "\ud800"})
     back = decode_item(b"1\t" + message.stored_json())
     assert back.data == {"big": 2**70, "odd": "\ufffd"}
+
+
+def test_numbers_json_cannot_carry_are_refused() -> None:
+    # orjson would write them as null, json as the non-JSON Infinity/NaN.
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ValidationError, match="NaN or an infinite"):
+            Message(id="m1", data={"x": [1, {"y": bad}]})
+        with pytest.raises(ValidationError):
+            Message(id="m1", sent_at=bad)
+    with pytest.raises(ValueError, match="beyond the range"):
+        parse_json(b'{"x": 1e400}')
+    assert parse_json(b'{"x": 1.5e300, "y": -0.0}') == {"x": 1.5e300, "y": -0.0}
+
+
+def test_a_negative_zero_time_stays_a_float() -> None:
+    message = Message(id="m1", text="a", sent_at=-0.0)
+    back = decode_item(b"1\t" + message.stored_json())
+    assert repr(back.sent_at) == "-0.0"
+    assert repr(decode_item(b"1\t" + Message(id="m", sent_at=5.0).stored_json()).sent_at) == "5.0"

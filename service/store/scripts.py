@@ -317,7 +317,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-REPLAY = Script.load("replay", prelude=("wake",))
+REPLAY = Script.load("replay", prelude=("wake", "items"))
 
 
 @dataclass(frozen=True, slots=True)

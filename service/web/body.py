@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -44,10 +45,17 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond the range of a number")
+    return value
+
+
 def parse_json(body: bytes) -> Any:
     """Strict JSON or ValueError (bad UTF-8, bad JSON, NaN/Infinity, absurd nesting)."""
     try:
-        return read_json(body, parse_constant=_no_constants)
+        return read_json(body, parse_constant=_no_constants, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"body is not valid JSON: {str(exc)[:200]}") from None
 

@@ -8,6 +8,8 @@ from redis.asyncio import Redis
 
 from service.engine.batcher import Batcher
 from service.models import Message, channel_of, order_messages
+from service.store.chats import Chats
+from service.store.deadletters import replay_dead
 from service.store.scripts import Claimed, Scripts
 from tests.helpers import Collector, fast_settings, running_engine
 
@@ -106,3 +108,44 @@ async def test_a_delivered_batch_has_its_channel(redis_url: str) -> None:
     by_chat = {b.chat_id: b for b in collector.batches}
     assert by_chat["c"].channel == ACCOUNT and len(by_chat["c"].messages) == 3
     assert by_chat["plain"].channel is None
+
+
+BRACED = {"provider": "waha", "session": "shop}1", "me}": "x"}
+
+
+async def test_a_brace_in_a_channel_value_moves_with_a_revoke_and_an_overflow(
+    redis_client: Redis, redis_url: str
+) -> None:
+    b = Batcher(redis_client, fast_settings(redis_url, max_messages=2))
+    await b.add_many([("c", wa(f"m{i}", float(i), BRACED)) for i in range(2)])
+    await b.add("c", wa("m2", 2.0, ACCOUNT))
+    got = await claim(b, "c", "b1")  # m0, m1 taken; m2 opens the next batch
+    assert channel_of(order_messages(got.items)) == BRACED
+    assert [m.channel for m in order_messages(await stored(redis_client, b, "c"))] == [ACCOUNT]
+
+    await b.add_many([("d", wa(f"n{i}", float(i), BRACED)) for i in range(3)])
+    await b.add("d", revoke("r1", "n0"))
+    assert [m.channel for m in order_messages(await stored(redis_client, b, "d"))] == [BRACED] * 2
+
+
+async def test_a_replay_keeps_each_message_its_channel(redis_client: Redis, redis_url: str) -> None:
+    settings = fast_settings(redis_url, idle_ms=60_000, max_wait_ms=120_000)
+    b, chats = Batcher(redis_client, settings), Chats(redis_client, settings)
+    await b.add_many([("c", wa("d0", 1.0, ACCOUNT)), ("c", wa("d1", 3.0, ACCOUNT))])
+    dropped = await chats.drop("c")
+    assert dropped is not None
+    await b.add("c", wa("o0", 2.0, OTHER))
+    # Arrival order d0, o0, d1: the merge puts the open message between the
+    # dead ones, and d1, which carried no channel, must not take o0's.
+    ck = b.keys.chat("c")
+    dead = b.keys.dead_batch(ck.bucket.bucket, dropped[0])
+    for key, index, ms in ((dead, 0, 1000), (dead, 1, 3000), (ck.buf, 0, 2000)):
+        item = await redis_client.lindex(key, index)
+        await redis_client.lset(key, index, str(ms).encode() + item[item.index(b"\t") :])
+    assert await replay_dead(redis_client, b.keys, dropped[0]) == 2
+    messages = order_messages(await stored(redis_client, b, "c"))
+    assert [(m.id, m.channel) for m in messages] == [
+        ("d0", ACCOUNT),
+        ("o0", OTHER),
+        ("d1", ACCOUNT),
+    ]

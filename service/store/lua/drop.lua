@@ -25,6 +25,6 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[7], 'chat', ARGV[1], 'seq', 0, 'opened', opened, 'closed', now,
   'reason', 'manual', 'attempts', 0, 'error', ARGV[3], 'dead', now)
 redis.call('ZADD', KEYS[5], now, ARGV[2])
-redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes', 'held', 'manual')
+redis.call('HDEL', KEYS[3], 'opened', 'last', 'bytes', 'held', 'manual', 'ch')
 redis.call('ZREM', KEYS[4], ARGV[1])
 return {1, count}

@@ -55,12 +55,27 @@ else
   -- Stable merge of two arrival-ordered lists: dead items first on ties.
   local open = redis.call('LRANGE', KEYS[1], 0, -1)
   local merged, a, b = {}, 1, 1
+  -- The channel in effect in each list and at the merged tail (items.lua):
+  -- an item that would take another list's channel gets its own list's.
+  local in_dead, in_open, at_tail
+  local function take(item, own)
+    local part = carried(item)
+    if part then
+      at_tail = part
+      return item, part
+    end
+    if own and own ~= at_tail then
+      at_tail = own
+      return carrying(item, own), own
+    end
+    return item, own
+  end
   while a <= #dead_items or b <= #open do
     if b > #open or (a <= #dead_items and received(dead_items[a]) <= received(open[b])) then
-      merged[#merged + 1] = dead_items[a]
+      merged[#merged + 1], in_dead = take(dead_items[a], in_dead)
       a = a + 1
     else
-      merged[#merged + 1] = open[b]
+      merged[#merged + 1], in_open = take(open[b], in_open)
       b = b + 1
     end
   end
