@@ -35,7 +35,10 @@ def nesting_exceeds(node: object, limit: int = MAX_DATA_DEPTH) -> bool:
     return False
 
 
-def _non_finite(node: object) -> bool:
+NON_FINITE = "the message holds NaN or an infinite number, which JSON cannot carry"
+
+
+def non_finite(node: object) -> bool:
     """Whether a float in ``node`` is NaN or infinite (no recursion)."""
     stack = [node]
     while stack:
@@ -53,8 +56,6 @@ def _non_finite(node: object) -> bool:
 def _shallow_enough(value: Any) -> Any:
     if nesting_exceeds(value):
         raise ValueError(f"nested deeper than {MAX_DATA_DEPTH} levels")
-    if _non_finite(value):
-        raise ValueError("holds NaN or an infinite number, which JSON cannot carry")
     return value
 
 
@@ -138,6 +139,8 @@ class Message(BaseModel):
         doc = self.model_dump(
             exclude_defaults=True, exclude={"id", "received_at", "channel", "history"}
         )
+        if non_finite(doc):  # orjson would write null, json the non-JSON NaN
+            raise ValueError(NON_FINITE)
         doc = pack({"id": self.id, "type": self.type, "source": self.source} | doc)
         try:
             return orjson.dumps(doc)

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from service import Batch, Message
+from service.errors import InvalidMessage
 from service.models import MAX_DATA_DEPTH, decode_item, read_json
 from service.web.body import parse_json
 from tests.helpers import running_engine, wait_until
@@ -108,13 +109,24 @@ def test_stored_json_round_trips_what_orjson_cannot_write() -> None:
 def test_numbers_json_cannot_carry_are_refused() -> None:
     # orjson would write them as null, json as the non-JSON Infinity/NaN.
     for bad in (float("inf"), float("-inf"), float("nan")):
-        with pytest.raises(ValidationError, match="NaN or an infinite"):
-            Message(id="m1", data={"x": [1, {"y": bad}]})
+        with pytest.raises(ValueError, match="NaN or an infinite"):
+            Message(id="m1", data={"x": [1, {"y": bad}]}).stored_json()
         with pytest.raises(ValidationError):
             Message(id="m1", sent_at=bad)
     with pytest.raises(ValueError, match="beyond the range"):
         parse_json(b'{"x": 1e400}')
     assert parse_json(b'{"x": 1.5e300, "y": -0.0}') == {"x": 1.5e300, "y": -0.0}
+
+
+async def test_a_message_json_cannot_carry_is_refused_alone(
+    redis_url: str, redis_client: Redis
+) -> None:
+    async with running_engine(redis_url, lambda b: None) as engine:
+        got = await engine.batcher.add_each(
+            [("c", Message(id="bad", data={"x": float("inf")})), ("c", Message(id="ok", text="a"))]
+        )
+    assert isinstance(got[0], InvalidMessage) and "infinite" in str(got[0])
+    assert not isinstance(got[1], Exception) and got[1].accepted
 
 
 def test_a_negative_zero_time_stays_a_float() -> None:

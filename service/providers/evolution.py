@@ -18,7 +18,14 @@ import re
 import time
 from dataclasses import dataclass
 
-from service.models import MAX_DATA_DEPTH, Message, Sender, nesting_exceeds
+from service.models import (
+    MAX_DATA_DEPTH,
+    NON_FINITE,
+    Message,
+    Sender,
+    nesting_exceeds,
+    non_finite,
+)
 from service.providers.evolution_content import (
     Content,
     content,
@@ -36,6 +43,11 @@ SOURCE = "evolution"
 CHAT_PREFIX = "evo"
 TYPING = frozenset(("composing", "recording"))
 _TOO_DEEP = f"the object nests deeper than {MAX_DATA_DEPTH} levels"
+
+
+def _unstorable(raw: object) -> str:
+    return _TOO_DEEP if nesting_exceeds(raw, MAX_DATA_DEPTH) else NON_FINITE
+
 
 __all__ = ["ParsedWebhook", "canonical_event", "parse_webhook"]
 
@@ -150,6 +162,8 @@ def _upsert(env: _Envelope, path: str, raw: object, out: ParsedWebhook) -> None:
         if jid is None
         else _TOO_DEEP
         if nesting_exceeds(raw, MAX_DATA_DEPTH)
+        else NON_FINITE
+        if non_finite(raw)
         else None
     )
     if why is not None or mid is None or jid is None:
@@ -207,8 +221,8 @@ def _edited(env: _Envelope, path: str, raw: object, out: ParsedWebhook) -> None:
     1:1 chat a contact's edit names the instance's own jid, which names no
     chat (rejected; a revoke is skipped, ``messages.delete`` carries it).
     """
-    if not isinstance(raw, dict) or nesting_exceeds(raw, MAX_DATA_DEPTH):
-        why = "the edit is not an object" if not isinstance(raw, dict) else _TOO_DEEP
+    if not isinstance(raw, dict) or nesting_exceeds(raw, MAX_DATA_DEPTH) or non_finite(raw):
+        why = "the edit is not an object" if not isinstance(raw, dict) else _unstorable(raw)
         out.rejected.append(Rejected(why, path, raw))
         return
     r = Reader(path)
@@ -242,8 +256,8 @@ def _edited(env: _Envelope, path: str, raw: object, out: ParsedWebhook) -> None:
 
 def _deleted(env: _Envelope, path: str, raw: object, out: ParsedWebhook) -> None:
     """``messages.delete``: ``data`` is the revoked message's key (or holds it as ``key``)."""
-    if not isinstance(raw, dict) or nesting_exceeds(raw, MAX_DATA_DEPTH):
-        why = "the deletion is not an object" if not isinstance(raw, dict) else _TOO_DEEP
+    if not isinstance(raw, dict) or nesting_exceeds(raw, MAX_DATA_DEPTH) or non_finite(raw):
+        why = "the deletion is not an object" if not isinstance(raw, dict) else _unstorable(raw)
         out.rejected.append(Rejected(why, path, raw))
         return
     r = Reader(path)

@@ -24,7 +24,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from service.models import MAX_DATA_DEPTH, Message, Reaction, Sender, nesting_exceeds
+from service.models import (
+    MAX_DATA_DEPTH,
+    NON_FINITE,
+    Message,
+    Reaction,
+    Sender,
+    nesting_exceeds,
+    non_finite,
+)
 from service.providers.parsed import ParsedWebhook, Rejected
 from service.providers.reader import Reader, first
 from service.providers.telegram_content import SERVICE, content, full_name, kind
@@ -153,6 +161,9 @@ def _where(u: _Update, obj: Obj, r: Reader) -> tuple[Obj, str] | None:
         return None
     if nesting_exceeds(obj, MAX_DEPTH):
         u.reject(f"the {u.key} nests deeper than {MAX_DEPTH} levels")
+        return None
+    if non_finite(obj):
+        u.reject(NON_FINITE)
         return None
     return chat, key
 

@@ -17,7 +17,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from service.models import MAX_DATA_DEPTH, Message, Sender, nesting_exceeds
+from service.models import (
+    MAX_DATA_DEPTH,
+    NON_FINITE,
+    Message,
+    Sender,
+    nesting_exceeds,
+    non_finite,
+)
 from service.providers.parsed import ParsedWebhook, ProviderError, Rejected
 from service.providers.reader import Reader, first
 from service.providers.whatsapp_content import content, infer_type
@@ -164,6 +171,8 @@ def _message(ctx: _Value, i: int, raw: object, out: ParsedWebhook) -> None:
         if ctx.phone_id is None
         else f"the message nests deeper than {MAX_DEPTH} levels"
         if nesting_exceeds(raw, MAX_DEPTH)
+        else NON_FINITE
+        if non_finite(raw)
         else None
     )
     if why is not None or wamid is None or sender is None:
